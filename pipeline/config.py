@@ -1,0 +1,210 @@
+"""Load and validate the pipeline's YAML config into typed objects, once.
+
+The file has one section per stage (``embedder``, ``index``, ``retriever``,
+``reranker``) plus ``chunking``. A stage section names its implementation
+with ``type:`` (looked up in :mod:`pipeline.registry`); its other keys are
+validated by that class's ``Params`` model, so an unknown key, a wrong value
+type or an unknown type fails here, with the key's path in the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, model_validator
+
+from pipeline import registry
+from pipeline.errors import ConfigError
+
+STAGE_KINDS = ("embedder", "index", "retriever", "reranker")
+OPTIONAL_STAGES = ("reranker",)
+SECTIONS = (*STAGE_KINDS, "chunking")
+
+
+class StageParams(BaseModel):
+    """Base of every stage's ``Params``: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChunkingParams(StageParams):
+    """How documents are split before encoding.
+
+    ``size`` and ``overlap`` count tokens of the embedder's tokenizer;
+    ``size: null`` sizes chunks to the embedder's maximum length. With
+    ``enabled: false`` each document is encoded whole (``title + " " + text``,
+    truncated at the model's maximum length), as published benchmarks do.
+    """
+
+    enabled: bool = True
+    size: PositiveInt | None = 200
+    overlap: int = 40
+
+    @model_validator(mode="after")
+    def _check_overlap(self) -> ChunkingParams:
+        if self.overlap < 0:
+            raise ValueError(f"overlap must be >= 0, got {self.overlap}")
+        if self.size is not None and self.overlap >= self.size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """One validated stage section: its kind, registered type and params."""
+
+    kind: str
+    type: str
+    params: Any  # the stage class's Params instance
+
+    @property
+    def cls(self) -> type:
+        return registry.lookup(self.kind, self.type)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **self.params.model_dump()}
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """The whole validated config. ``reranker`` is None when disabled."""
+
+    embedder: StageConfig
+    index: StageConfig
+    retriever: StageConfig
+    reranker: StageConfig | None
+    chunking: ChunkingParams
+    source: str = "<dict>"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {kind: getattr(self, kind).to_dict() for kind in ("embedder", "index", "retriever")}
+        out["reranker"] = self.reranker.to_dict() if self.reranker else {"enabled": False}
+        out["chunking"] = self.chunking.model_dump()
+        return out
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConfig:
+    """Read a YAML file, apply ``key.path=value`` overrides, validate.
+
+    Example:
+        >>> cfg = load_config("configs/offline.yaml", ["reranker.enabled=false"])
+        >>> cfg.reranker is None
+        True
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    return parse_config(raw, source=str(path))
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a raw config dict; the value is parsed as YAML (``false``, ``10``, ``null``)."""
+    key, sep, value = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (for example reranker.enabled=false), got {override!r}")
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {value!r}: {exc}") from None
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConfig:
+    """Validate a raw config mapping (as read from YAML) into a :class:`PipelineConfig`."""
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{unknown[0]}'; valid keys: {', '.join(SECTIONS)}")
+    stages: dict[str, StageConfig | None] = {}
+    for kind in STAGE_KINDS:
+        stages[kind] = _parse_stage(kind, raw.get(kind), source)
+    chunking = validate_params(ChunkingParams, raw.get("chunking") or {}, "chunking", source)
+    retriever, reranker = stages["retriever"], stages["reranker"]
+    top_k = retriever.params.top_k
+    if reranker is not None and reranker.params.top_n > top_k:
+        raise ConfigError(
+            f"{source}: reranker.top_n ({reranker.params.top_n}) is larger than retriever.top_k ({top_k}); "
+            "the reranker can only keep candidates it was given"
+        )
+    return PipelineConfig(
+        embedder=stages["embedder"],
+        index=stages["index"],
+        retriever=retriever,
+        reranker=reranker,
+        chunking=chunking,
+        source=source,
+    )
+
+
+def _parse_stage(kind: str, section: Any, source: str) -> StageConfig | None:
+    if section is None or section is False:
+        if kind in OPTIONAL_STAGES:
+            return None
+        raise ConfigError(f"{source}: missing section '{kind}' (with a 'type:' key)")
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: '{kind}' must be a mapping, got {type(section).__name__} {section!r}")
+    section = dict(section)
+    enabled = section.pop("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{source}: {kind}.enabled must be true or false, got {enabled!r}")
+    if not enabled:
+        if kind not in OPTIONAL_STAGES:
+            raise ConfigError(f"{source}: {kind} cannot be disabled; only {', '.join(OPTIONAL_STAGES)} can")
+        return None
+    type_name = section.pop("type", None)
+    if type_name is None:
+        valid = ", ".join(registry.names(kind))
+        raise ConfigError(f"{source}: missing key '{kind}.type'; valid choices: {valid}")
+    if not isinstance(type_name, str):
+        raise ConfigError(f"{source}: {kind}.type must be a string, got {type_name!r}")
+    cls = registry.lookup(kind, type_name)
+    params = validate_params(cls.Params, section, kind, source)
+    return StageConfig(kind=kind, type=type_name, params=params)
+
+
+def validate_params(model: type[BaseModel], data: Any, prefix: str, source: str = "<dict>") -> Any:
+    """Validate ``data`` with a pydantic model; errors become one :class:`ConfigError` naming each key path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix}' must be a mapping, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(err, model, prefix) for err in exc.errors())) from None
+
+
+def _describe(err: Mapping[str, Any], model: type[BaseModel], prefix: str) -> str:
+    loc = ".".join(str(p) for p in (prefix, *err["loc"]))
+    if err["type"] == "extra_forbidden":
+        valid = ", ".join(model.model_fields)
+        return f"unknown key '{loc}'; valid keys: {valid}"
+    if err["type"] == "literal_error":
+        return f"{loc}: {err['msg']}, got {err.get('input')!r}"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["loc"]:
+        return f"{loc}: {message} (got {err.get('input')!r})"
+    return f"{loc}: {message}"

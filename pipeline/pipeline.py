@@ -1,0 +1,151 @@
+"""Compose the configured stages: retrieve ``top_k``, rerank, keep ``top_n``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig, StageConfig, load_config
+from pipeline.errors import ConfigError, IndexMismatchError, InputError, RagError, StageError
+from pipeline.types import PipelineResult
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOP_N = 5
+
+
+def build_stage(stage: StageConfig, **deps: Any):
+    """Instantiate a configured stage (cheap: models load on first use)."""
+    return stage.cls(stage.params, **deps)
+
+
+class Pipeline:
+    """Retrieve-then-rerank over a built index.
+
+    Example:
+        >>> pipe = Pipeline.from_yaml("configs/offline.yaml")
+        >>> result = pipe.ask("symptoms of vitamin D deficiency")
+        >>> result.hits[0].source
+        'health/vitamin-d-deficiency.md'
+    """
+
+    def __init__(self, config: PipelineConfig, index_path: str | Path | None = None) -> None:
+        self.config = config
+        self.index_path = Path(index_path or config.index.params.path)
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | Path, overrides: Iterable[str] = (), index_path: str | Path | None = None
+    ) -> Pipeline:
+        """Load and validate a YAML config (with ``key=value`` overrides) into a pipeline."""
+        return cls(load_config(path, overrides), index_path)
+
+    @cached_property
+    def embedder(self):
+        return build_stage(self.config.embedder)
+
+    @cached_property
+    def index(self):
+        """The loaded index, checked against the config."""
+        from indexer.store import load_index
+
+        bundle = load_index(self.index_path, build_stage(self.config.index))
+        check_manifest(bundle.manifest, self.config, self.embedder, self.index_path)
+        return bundle
+
+    @cached_property
+    def retriever(self):
+        return build_stage(self.config.retriever, embedder=self.embedder, index=self.index)
+
+    @cached_property
+    def reranker(self):
+        return build_stage(self.config.reranker) if self.config.reranker is not None else None
+
+    @property
+    def top_k(self) -> int:
+        return self.config.retriever.params.top_k
+
+    @property
+    def top_n(self) -> int:
+        return self.config.reranker.params.top_n if self.config.reranker is not None else DEFAULT_TOP_N
+
+    def load(self) -> Pipeline:
+        """Load every model and the index now rather than on the first query."""
+        _ = self.retriever, self.embedder.model
+        if self.reranker is not None:
+            _ = self.reranker.model
+        return self
+
+    def ask(self, query: str, top_k: int | None = None, top_n: int | None = None) -> PipelineResult:
+        """Retrieve ``top_k`` candidates for ``query`` and rerank them down to ``top_n``.
+
+        Raises:
+            InputError: the query is empty or only whitespace.
+        """
+        query = validate_query(query)
+        top_k = top_k or self.top_k
+        top_n = top_n or self.top_n
+        if top_n > top_k:
+            raise InputError(f"top_n ({top_n}) is larger than top_k ({top_k})")
+        self.load()
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        retrieved = self._run("retriever", lambda: self.retriever.search([query], top_k, timings)[0])
+        timings["retrieve"] = time.perf_counter() - start
+        reranked = None
+        if self.reranker is not None:
+            begin = time.perf_counter()
+            reranked = self._run("reranker", lambda: self.reranker.rerank(query, retrieved, top_n))
+            timings["rerank"] = time.perf_counter() - begin
+        timings["total"] = time.perf_counter() - start
+        logger.debug("timings for %r: %s", query, timings)
+        return PipelineResult(query=query, retrieved=retrieved, reranked=reranked, top_n=top_n, timings=timings)
+
+    def _run(self, kind: str, call):
+        stage = getattr(self.config, kind)
+        try:
+            return call()
+        except RagError:
+            raise
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise StageError(kind, stage.type, exc) from exc
+
+
+def validate_query(query: Any) -> str:
+    """Return the query stripped; reject what cannot be a query."""
+    if not isinstance(query, str):
+        raise InputError(f"query must be a string, got {type(query).__name__}")
+    cleaned = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in query).strip()
+    if not cleaned:
+        raise InputError("query is empty; ask a question, for example: \"symptoms of vitamin D deficiency\"")
+    return cleaned
+
+
+def check_manifest(manifest, config: PipelineConfig, embedder, index_path: Path) -> None:
+    """Fail when the index was built with another embedder or chunking than the config says."""
+    built = manifest.embedder
+    params = config.embedder.params
+    expected = {
+        "embedder.model": (built.get("model"), params.model),
+        "embedder.normalize": (built.get("normalize"), params.normalize),
+        "embedder.document_prompt": (built.get("document_prompt"), params.document_prompt),
+    }
+    for key, value in config.chunking.model_dump().items():
+        expected[f"chunking.{key}"] = (manifest.chunking.get(key), value)
+    for key, (was, now) in expected.items():
+        if was != now:
+            raise IndexMismatchError(
+                f"index {index_path} was built with {key}={was!r} but the config says {now!r}; "
+                "rebuild it with scripts/build_index.py using this config, or use the config it was built with"
+            )
+    if built.get("dimension") != embedder.dimension:
+        raise IndexMismatchError(
+            f"index {index_path} holds {built.get('dimension')}-d vectors but {params.model!r} makes "
+            f"{embedder.dimension}-d ones; rebuild the index with this embedder"
+        )
+    if not manifest.index.get("metric") == "inner_product":
+        raise ConfigError(f"index {index_path} uses metric {manifest.index.get('metric')!r}; expected inner_product")
