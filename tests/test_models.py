@@ -60,3 +60,11 @@ def test_folder_without_a_model(tmp_path):
     (tmp_path / "empty-model").mkdir()
     with pytest.raises(ModelNotFoundError, match=r"reranker.model: cannot load .*empty-model"):
         load_cross_encoder(str(tmp_path / "empty-model"), "reranker.model", "cpu", 128)
+
+
+def test_relative_folder_resolves_from_the_project_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the shipped configs name folders relative to the project root
+    resolved = resolve_model("./configs", "reranker.model")
+    from tests.conftest import ROOT
+
+    assert resolved.location == str(ROOT / "configs")
