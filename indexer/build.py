@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
 
 from indexer.chunking import chunk_documents
 from indexer.corpus import read_corpus
@@ -92,9 +93,12 @@ def build_index(
         start = time.perf_counter()
         chunking = config.chunking
         chunks = list(
-            chunk_documents(
-                corpus.documents, embedder.tokenizer, chunking.size, chunking.overlap,
-                max_length=embedder.max_length, enabled=chunking.enabled,
+            tqdm(
+                chunk_documents(
+                    corpus.documents, embedder.tokenizer, chunking.size, chunking.overlap,
+                    max_length=embedder.max_length, enabled=chunking.enabled,
+                ),
+                desc="chunking", unit="chunk", disable=not show_progress,
             )
         )
         times["chunk"] = time.perf_counter() - start
