@@ -1,4 +1,10 @@
-"""Build an index from a corpus folder: read, chunk, encode, index, publish atomically."""
+"""Build an index from a corpus folder: read, chunk, encode, index, publish atomically.
+
+Rebuilding reuses the live version's vectors for every chunk whose text is
+unchanged (same embedder settings), so an unchanged corpus encodes nothing and
+an edited one encodes only what changed. The result is the same index a full
+build gives: same chunk order, same ids, same vectors.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +15,21 @@ import secrets
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from indexer.chunking import chunk_documents
-from indexer.corpus import read_corpus
-from indexer.store import CHUNKS, CURRENT, ChunkStore, Manifest, publish_version
+from indexer.corpus import MAX_FILE_MB, read_corpus
+from indexer.store import CHUNKS, CURRENT, EMBEDDINGS, ChunkStore, Manifest, current_version, publish_version
 from pipeline.config import PipelineConfig
-from pipeline.errors import IndexLockedError
-from pipeline.types import Document
+from pipeline.errors import IndexLockedError, IndexMismatchError, IndexMissingError
+from pipeline.types import Chunk, Document
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +39,26 @@ KEEP_PREVIOUS = 1  # old versions kept after a swap, for readers still loading t
 
 @dataclass(frozen=True)
 class BuildReport:
-    """What a build produced: where, its manifest, and what was skipped."""
+    """What a build produced: where, its manifest, what was skipped, and what changed."""
 
     path: Path
     version_dir: Path
     manifest: Manifest
     skipped: list[tuple[str, str]]
+    changes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Previous:
+    """The live version's vectors, looked up by chunk text."""
+
+    rows: dict[str, int]
+    embeddings: np.ndarray
+    doc_texts: dict[str, list[str]]
 
 
 def embedding_manifest(config: PipelineConfig, embedder) -> dict:
-    """The embedder facts an index depends on (compared at load time)."""
+    """The embedder facts an index depends on (compared at load time and before reusing vectors)."""
     params = config.embedder.params
     return {
         "type": config.embedder.type,
@@ -58,16 +75,26 @@ def build_index(
     config: PipelineConfig,
     index_path: str | Path | None = None,
     *,
+    update: bool = False,
+    reuse: bool = True,
     show_progress: bool = False,
+    max_file_mb: float = MAX_FILE_MB,
 ) -> BuildReport:
     """Index every document under ``corpus_path`` into ``index_path`` (default: ``index.path``).
 
     The new index is written to a fresh version folder and published with an
     atomic pointer swap; on any failure the previous index stays live.
 
+    Args:
+        update: require an existing index built with the same embedder, and
+            report which documents were added, changed and removed.
+        reuse: take vectors of unchanged chunks from the live index (False
+            re-encodes everything).
+
     Raises:
         CorpusError: nothing readable in the corpus.
         IndexLockedError: another build of the same index is running.
+        IndexMismatchError / IndexMissingError: ``update`` without a compatible index.
         ModelNotFoundError: the embedder cannot be loaded.
     """
     from pipeline.pipeline import build_stage
@@ -78,35 +105,31 @@ def build_index(
     try:
         lock.acquire()
     except Timeout:
-        raise IndexLockedError(f"another build is running on {index_path} (lock {index_path / LOCK}); wait for it to finish") from None
+        raise IndexLockedError(
+            f"another build is running on {index_path} (lock {index_path / LOCK}); wait for it to finish"
+        ) from None
     try:
         _remove_unfinished(index_path)
         times: dict[str, float] = {}
         start = time.perf_counter()
-        corpus = read_corpus(corpus_path)
+        corpus = read_corpus(corpus_path, max_file_mb=max_file_mb)
         times["read"] = time.perf_counter() - start
 
         start = time.perf_counter()
         embedder = build_stage(config.embedder)
-        _ = embedder.model
+        facts = embedding_manifest(config, embedder)
         times["load_model"] = time.perf_counter() - start
+
         start = time.perf_counter()
-        chunking = config.chunking
-        chunks = list(
-            tqdm(
-                chunk_documents(
-                    corpus.documents, embedder.tokenizer, chunking.size, chunking.overlap,
-                    max_length=embedder.max_length, enabled=chunking.enabled,
-                ),
-                desc="chunking", unit="chunk", disable=not show_progress,
-            )
-        )
+        chunks = _chunk(corpus.documents, config, embedder, show_progress)
         times["chunk"] = time.perf_counter() - start
         logger.info("%d documents -> %d chunks", len(corpus.documents), len(chunks))
 
+        previous = _load_previous(index_path, facts, strict=update) if (reuse or update) else None
         start = time.perf_counter()
-        vectors = embedder.encode_documents([c.text for c in chunks], show_progress=show_progress)
+        vectors, encoded = _embed(chunks, embedder, previous, show_progress)
         times["encode"] = time.perf_counter() - start
+        changes = _changes(chunks, previous, encoded)
 
         start = time.perf_counter()
         index = build_stage(config.index)
@@ -114,41 +137,137 @@ def build_index(
         times["index"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        version = index_path / f"v-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
-        staging = version.with_name(version.name + ".tmp")
-        staging.mkdir()
-        try:
-            index.save(staging)
-            store = ChunkStore(staging / CHUNKS, create=True)
-            store.add(chunks)
-            store.close()
-            manifest = Manifest(
-                embedder=embedding_manifest(config, embedder),
-                chunking=chunking.model_dump(),
-                index={"type": config.index.type, "factory": config.index.params.factory, "metric": "inner_product"},
-                counts={
-                    "documents": len(corpus.documents),
-                    "chunks": len(chunks),
-                    "skipped": len(corpus.skipped),
-                    "unsupported_files": corpus.unsupported,
-                },
-                corpus={"path": str(Path(corpus_path).resolve()), "sha256": corpus_hash(corpus.documents)},
-                versions=_library_versions(),
-                created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                build_seconds={k: round(v, 3) for k, v in times.items()},
-            )
-            manifest.write(staging)
-            staging.rename(version)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        manifest = Manifest(
+            embedder=facts,
+            chunking=config.chunking.model_dump(),
+            index={"type": config.index.type, "factory": config.index.params.factory, "metric": "inner_product"},
+            counts={
+                "documents": len(corpus.documents),
+                "chunks": len(chunks),
+                "encoded_chunks": len(encoded),
+                "skipped": len(corpus.skipped),
+                "unsupported_files": corpus.unsupported,
+            },
+            corpus={"path": str(Path(corpus_path).resolve()), "sha256": corpus_hash(corpus.documents)},
+            versions=_library_versions(),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            build_seconds={k: round(v, 3) for k, v in times.items()},
+        )
+        version = _write_version(index_path, index, chunks, vectors, manifest)
         publish_version(index_path, version)
-        times["write"] = time.perf_counter() - start
         _remove_old_versions(index_path, keep=version)
+        times["write"] = time.perf_counter() - start
         logger.info("index published at %s (%s)", version, ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
-        return BuildReport(index_path, version, manifest, corpus.skipped)
+        return BuildReport(index_path, version, manifest, corpus.skipped, changes)
     finally:
         lock.release()
+
+
+def _chunk(documents: list[Document], config: PipelineConfig, embedder, show_progress: bool) -> list[Chunk]:
+    chunking = config.chunking
+    return list(
+        tqdm(
+            chunk_documents(
+                documents, embedder.tokenizer, chunking.size, chunking.overlap,
+                max_length=embedder.max_length, enabled=chunking.enabled,
+            ),
+            desc="chunking", unit="chunk", disable=not show_progress,
+        )
+    )
+
+
+def _embed(chunks: list[Chunk], embedder, previous: _Previous | None, show_progress: bool) -> tuple[np.ndarray, list[int]]:
+    """Vectors for every chunk, in chunk order; returns them and the positions that were encoded."""
+    vectors = np.empty((len(chunks), embedder.dimension), dtype=np.float32)
+    encode: list[int] = []
+    for i, chunk in enumerate(chunks):
+        row = previous.rows.get(chunk.text) if previous is not None else None
+        if row is None:
+            encode.append(i)
+        else:
+            vectors[i] = previous.embeddings[row]
+    if encode:
+        logger.info("encoding %d of %d chunks (%d reused)", len(encode), len(chunks), len(chunks) - len(encode))
+        vectors[encode] = embedder.encode_documents([chunks[i].text for i in encode], show_progress=show_progress)
+    return vectors, encode
+
+
+def _load_previous(index_path: Path, facts: dict, strict: bool) -> _Previous | None:
+    """The live version's vectors when they were made by the same embedder; None (or an error if strict) otherwise."""
+    try:
+        version = current_version(index_path)
+        old = Manifest.read(version)
+    except IndexMissingError:
+        if strict:
+            raise IndexMissingError(
+                f"--update needs an existing index at {index_path}; run without --update for a first build"
+            ) from None
+        return None
+    if old.embedder != facts:
+        if strict:
+            changed = sorted(k for k in facts if old.embedder.get(k) != facts[k])
+            raise IndexMismatchError(
+                f"--update: the index at {index_path} was built with other embedder settings ({', '.join(changed)}); "
+                "run without --update to rebuild it in full"
+            )
+        logger.info("embedder settings changed since the last build: encoding everything")
+        return None
+    try:
+        embeddings = np.load(version / EMBEDDINGS, mmap_mode="r")
+        store = ChunkStore(version / CHUNKS)
+        doc_texts = store.doc_texts()
+        store.close()
+    except (OSError, ValueError, IndexMissingError) as exc:
+        if strict:
+            raise IndexMissingError(f"--update: cannot read the vectors of {version} ({exc}); rebuild without --update") from None
+        logger.warning("cannot reuse vectors of %s (%s): encoding everything", version, exc)
+        return None
+    if embeddings.shape != (len(doc_texts), facts["dimension"]):
+        if strict:
+            raise IndexMissingError(f"--update: {version} is inconsistent; rebuild without --update")
+        return None
+    rows = {text: i for i, (_, text) in enumerate(doc_texts)}
+    by_doc: dict[str, list[str]] = {}
+    for doc_id, text in doc_texts:
+        by_doc.setdefault(doc_id, []).append(text)
+    return _Previous(rows=rows, embeddings=embeddings, doc_texts=by_doc)
+
+
+def _changes(chunks: list[Chunk], previous: _Previous | None, encoded: list[int]) -> dict[str, int]:
+    """Documents added / changed / removed / unchanged against the previous version, and chunk counts."""
+    new_docs: dict[str, list[str]] = {}
+    for chunk in chunks:
+        new_docs.setdefault(chunk.doc_id, []).append(chunk.text)
+    old_docs = previous.doc_texts if previous is not None else {}
+    common = new_docs.keys() & old_docs.keys()
+    changed = sum(1 for d in common if new_docs[d] != old_docs[d])
+    return {
+        "added": len(new_docs.keys() - old_docs.keys()),
+        "changed": changed,
+        "removed": len(old_docs.keys() - new_docs.keys()),
+        "unchanged": len(common) - changed,
+        "encoded_chunks": len(encoded),
+        "reused_chunks": len(chunks) - len(encoded),
+    }
+
+
+def _write_version(index_path: Path, index, chunks: list[Chunk], vectors: np.ndarray, manifest: Manifest) -> Path:
+    """Write a complete version folder under a temporary name, then rename it into place."""
+    version = index_path / f"v-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
+    staging = version.with_name(version.name + ".tmp")
+    staging.mkdir()
+    try:
+        index.save(staging)
+        np.save(staging / EMBEDDINGS, vectors)
+        store = ChunkStore(staging / CHUNKS, create=True)
+        store.add(chunks)
+        store.close()
+        manifest.write(staging)
+        staging.rename(version)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return version
 
 
 def corpus_hash(documents: list[Document]) -> str:
@@ -180,6 +299,9 @@ def _remove_unfinished(index_path: Path) -> None:
 
 def _remove_old_versions(index_path: Path, keep: Path) -> None:
     live = (index_path / CURRENT).read_text(encoding="utf-8").strip()
-    old = sorted(p for p in index_path.glob("v-*") if p.is_dir() and p.name not in (live, keep.name) and not p.name.endswith(".tmp"))
+    old = sorted(
+        p for p in index_path.glob("v-*")
+        if p.is_dir() and p.name not in (live, keep.name) and not p.name.endswith(".tmp")
+    )
     for item in old[: max(len(old) - KEEP_PREVIOUS, 0)]:
         shutil.rmtree(item, ignore_errors=True)

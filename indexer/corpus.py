@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 BEIR_CORPUS_NAMES = ("corpus.jsonl", "corpus.jsonl.gz")
+MAX_FILE_MB = 32.0
 
 
 @dataclass
@@ -36,8 +37,12 @@ class Corpus:
     unsupported: int = 0
 
 
-def read_corpus(root: str | Path) -> Corpus:
+def read_corpus(root: str | Path, max_file_mb: float = MAX_FILE_MB) -> Corpus:
     """Read every supported document under ``root`` (a folder or a single file), in path order.
+
+    A ``.txt``/``.md`` file is one document; one larger than ``max_file_mb``
+    is skipped (split it, or raise the limit). JSONL files are streamed line
+    by line and have no size limit.
 
     Raises:
         CorpusError: ``root`` is missing, or holds no readable document.
@@ -55,7 +60,7 @@ def read_corpus(root: str | Path) -> Corpus:
             continue
         supported += 1
         rel = path.name if root.is_file() else path.relative_to(root).as_posix()
-        for doc in _read_file(path, rel, corpus.skipped):
+        for doc in _read_file(path, rel, corpus.skipped, int(max_file_mb * 2**20)):
             if doc.doc_id in seen:
                 corpus.skipped.append((doc.source, f"duplicate document id {doc.doc_id!r} (first in {seen[doc.doc_id]})"))
                 continue
@@ -80,8 +85,19 @@ def _corpus_files(root: Path) -> Iterator[Path]:
             logger.info("%s is a BEIR collection: reading %s only", root, name)
             yield root / name
             return
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    # Symlinked folders are followed, each real folder once, so a link loop ends.
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if name.startswith(".") or real in seen:
+                if real in seen and not name.startswith("."):
+                    logger.warning("not following %s: it links back to a folder already read", os.path.join(dirpath, name))
+                continue
+            seen.add(real)
+            keep.append(name)
+        dirnames[:] = keep
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath) / name
@@ -92,11 +108,16 @@ def _is_supported(path: Path) -> bool:
     return name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
 
 
-def _read_file(path: Path, rel: str, skipped: list[tuple[str, str]]) -> Iterator[Document]:
+def _read_file(path: Path, rel: str, skipped: list[tuple[str, str]], max_bytes: int) -> Iterator[Document]:
     name = path.name.lower()
     try:
         if name.endswith(JSONL_SUFFIXES):
             yield from _read_jsonl(path, rel, skipped)
+            return
+        size = path.stat().st_size
+        if size > max_bytes:
+            skipped.append((rel, f"{size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit for one document; "
+                                 "split it or raise --max-file-mb"))
             return
         text = path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
