@@ -8,6 +8,7 @@ An index path is a folder holding immutable versions and a pointer::
         v-20261125T101500-1a2b3c/
             index.faiss    FAISS index, row i = chunk id i
             chunks.sqlite  chunk store (text, document id, source, position)
+            embeddings.npy the chunk vectors, so a rebuild encodes only new or changed text
             manifest.json  how it was built
 
 A build writes a new version folder, then swaps ``CURRENT`` with
@@ -32,6 +33,7 @@ from pipeline.types import Chunk
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks.sqlite"
+EMBEDDINGS = "embeddings.npy"  # float32 (n_chunks, dim), row i = chunk i; reused by later builds
 FORMAT_VERSION = 1
 
 
@@ -101,6 +103,20 @@ class ChunkStore:
             raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
         return {row[0]: Chunk(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8]) for row in cursor}
 
+    def texts(self) -> list[str]:
+        """Every chunk's text, in row-id order (row i of the vector index is item i)."""
+        try:
+            return [row[0] for row in self._conn.execute("SELECT text FROM chunks ORDER BY id")]
+        except sqlite3.DatabaseError as exc:
+            raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
+
+    def doc_texts(self) -> list[tuple[str, str]]:
+        """(document id, chunk text) of every chunk, in row-id order."""
+        try:
+            return list(self._conn.execute("SELECT doc_id, text FROM chunks ORDER BY id"))
+        except sqlite3.DatabaseError as exc:
+            raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
+
     def count(self) -> int:
         try:
             return int(self._conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
@@ -120,6 +136,9 @@ class IndexBundle:
     manifest: Manifest
     vectors: Any  # a registered index stage (FaissIndex)
     chunks: ChunkStore
+    # Structures computed from this version at load time (e.g. a BM25 index), keyed by
+    # the settings they depend on, so stages that share the bundle build them once.
+    derived: dict[Any, Any] = field(default_factory=dict)
 
 
 def current_version(index_path: Path) -> Path:
