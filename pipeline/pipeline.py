@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from pipeline.types import PipelineResult
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_N = 5
+STAGE_ATTRIBUTES = ("embedder", "index", "retriever", "reranker")
 
 
 def build_stage(stage: StageConfig, **deps: Any):
@@ -33,9 +34,19 @@ class Pipeline:
         'health/vitamin-d-deficiency.md'
     """
 
-    def __init__(self, config: PipelineConfig, index_path: str | Path | None = None) -> None:
+    def __init__(
+        self, config: PipelineConfig, index_path: str | Path | None = None, *, stages: Mapping[str, Any] | None = None
+    ) -> None:
+        """``stages`` optionally hands in already-built stages by name (``embedder``, ``index``,
+        ``retriever``, ``reranker``) so several pipelines can share loaded models and indexes, as
+        :mod:`pipeline.evaluation` does; a given ``index`` is used as is (its manifest is not re-checked).
+        """
         self.config = config
         self.index_path = Path(index_path or config.index.params.path)
+        for name, stage in (stages or {}).items():
+            if name not in STAGE_ATTRIBUTES:
+                raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_ATTRIBUTES)}")
+            self.__dict__[name] = stage  # fills the cached property of the same name
 
     @classmethod
     def from_yaml(
@@ -76,6 +87,9 @@ class Pipeline:
     def load(self) -> Pipeline:
         """Load every model and the index now rather than on the first query."""
         _ = self.retriever, self.embedder.model
+        load = getattr(self.retriever, "load", None)
+        if load is not None:  # e.g. the BM25 index, built from the chunk store
+            load()
         if self.reranker is not None:
             _ = self.reranker.model
         return self

@@ -61,4 +61,6 @@ def _load_builtin_stages() -> None:
     import pipeline.embedders.sentence_transformer  # noqa: F401
     import pipeline.index  # noqa: F401
     import pipeline.rerankers.cross_encoder  # noqa: F401
+    import pipeline.retrievers.bm25  # noqa: F401
     import pipeline.retrievers.dense  # noqa: F401
+    import pipeline.retrievers.hybrid  # noqa: F401

@@ -67,6 +67,10 @@ class CrossEncoderReranker:
     def rerank(self, query: str, hits: Sequence[Hit], top_n: int | None = None) -> list[Hit]:
         """New hits sorted by cross-encoder score (ties keep the first stage's order), first ``top_n`` kept."""
         top_n = top_n or self.params.top_n
-        scores = self.score(query, [hit.text for hit in hits])
-        order = sorted(range(len(hits)), key=lambda i: (-scores[i], hits[i].rank))
-        return [replace(hits[i], score=float(scores[i]), rank=rank) for rank, i in enumerate(order[:top_n], start=1)]
+        return rank_by_scores(hits, self.score(query, [hit.text for hit in hits]), top_n)
+
+
+def rank_by_scores(hits: Sequence[Hit], scores: Sequence[float], top_n: int) -> list[Hit]:
+    """New hits sorted by ``scores`` (ties keep the first stage's order), first ``top_n`` kept."""
+    order = sorted(range(len(hits)), key=lambda i: (-scores[i], hits[i].rank))
+    return [replace(hits[i], score=float(scores[i]), rank=rank) for rank, i in enumerate(order[:top_n], start=1)]

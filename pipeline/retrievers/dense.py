@@ -9,6 +9,7 @@ from pydantic import PositiveInt
 
 from pipeline.config import StageParams
 from pipeline.registry import register
+from pipeline.retrievers.hits import hits_from_rows, row_ids
 from pipeline.types import Hit
 
 
@@ -36,21 +37,8 @@ class DenseRetriever:
         vectors = self.embedder.encode_queries(queries)
         embedded = time.perf_counter()
         scores, ids = self.index.vectors.search(vectors, top_k)
-        found = self.index.chunks.get(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        found = self.index.chunks.get(row_ids(ids))
         if timings is not None:
             timings["embed"] = timings.get("embed", 0.0) + embedded - start
             timings["search"] = timings.get("search", 0.0) + time.perf_counter() - embedded
-        results = []
-        for row_scores, row_ids in zip(scores, ids):
-            hits = []
-            for score, idx in zip(row_scores, row_ids):
-                chunk = found.get(int(idx))
-                if chunk is None:
-                    continue
-                rank = len(hits) + 1
-                hits.append(
-                    Hit(chunk.chunk_id, chunk.doc_id, chunk.text, chunk.source, chunk.position,
-                        float(score), rank, float(score), rank, chunk.title)
-                )
-            results.append(hits)
-        return results
+        return [hits_from_rows(zip(row_scores, row), found) for row_scores, row in zip(scores, ids)]

@@ -1,0 +1,118 @@
+"""Hybrid first stage (``retriever.type: hybrid``): dense and BM25 lists fused by reciprocal rank.
+
+Reciprocal-rank fusion (Cormack et al., 2009) scores each chunk by
+``sum_i weight_i / (rrf_k + rank_i)`` over the lists it appears in; it needs
+no score calibration between cosine and BM25, which live on different scales.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+from pydantic import NonNegativeFloat, PositiveInt, model_validator
+
+from pipeline.config import StageParams
+from pipeline.registry import register
+from pipeline.retrievers.bm25 import BM25Retriever, LexicalParams
+from pipeline.retrievers.dense import DenseRetriever
+from pipeline.types import Hit
+
+
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = 60, top_k: int | None = None
+) -> list[Hit]:
+    """Fuse ranked lists of hits (matched by ``chunk_id``) into one list by weighted RRF.
+
+    Args:
+        rankings: one ranked list per retriever; a hit's place in its list is its rank (1-based).
+        weights: one weight per list (>= 0).
+        k: the RRF constant; larger values flatten the difference between top and lower ranks.
+        top_k: keep this many (all when None).
+
+    Returns:
+        New hits sorted by fused score (ties: the better best rank, then the earlier list); ``score``,
+        ``retrieval_score`` and the ranks are the fused ones.
+
+    Example:
+        >>> a, b = _hit("x"), _hit("y")
+        >>> [(h.chunk_id, round(h.score, 4)) for h in reciprocal_rank_fusion([[a, b], [b]], [1.0, 1.0], k=60)]
+        [('y', 0.0325), ('x', 0.0164)]
+    """
+    if len(rankings) != len(weights):
+        raise ValueError(f"got {len(rankings)} rankings but {len(weights)} weights")
+    fused: dict[str, float] = {}
+    first: dict[str, tuple[int, int, Hit]] = {}  # chunk_id -> (best rank, list index, hit)
+    for list_index, (ranking, weight) in enumerate(zip(rankings, weights)):
+        for rank, hit in enumerate(ranking, start=1):
+            fused[hit.chunk_id] = fused.get(hit.chunk_id, 0.0) + weight / (k + rank)
+            best = first.get(hit.chunk_id)
+            if best is None or rank < best[0]:
+                first[hit.chunk_id] = (rank, list_index, hit)
+    order = sorted(fused, key=lambda cid: (-fused[cid], first[cid][0], first[cid][1]))
+    if top_k is not None:
+        order = order[:top_k]
+    return [
+        replace(first[cid][2], score=fused[cid], rank=rank, retrieval_score=fused[cid], retrieval_rank=rank)
+        for rank, cid in enumerate(order, start=1)
+    ]
+
+
+def _hit(chunk_id: str) -> Hit:  # for the docstring example
+    return Hit(chunk_id, chunk_id, "", "", 0, 0.0, 1, 0.0, 1)
+
+
+class FusionWeights(StageParams):
+    dense: NonNegativeFloat = 1.0
+    bm25: NonNegativeFloat = 1.0
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> FusionWeights:
+        if self.dense == 0 and self.bm25 == 0:
+            raise ValueError("at least one weight must be > 0")
+        return self
+
+
+@register("retriever", "hybrid")
+class HybridRetriever:
+    """Dense top-``depth`` and BM25 top-``depth``, fused by weighted RRF, first ``top_k`` kept."""
+
+    class Params(StageParams):
+        top_k: PositiveInt = 50
+        depth: PositiveInt = 100  # candidates taken from each retriever before fusion
+        rrf_k: PositiveInt = 60
+        weights: FusionWeights = FusionWeights()
+        bm25: LexicalParams = LexicalParams()
+
+    def __init__(self, params: Params, *, embedder, index) -> None:
+        self.params = params
+        depth = max(params.depth, params.top_k)
+        self.dense = DenseRetriever(DenseRetriever.Params(top_k=depth), embedder=embedder, index=index)
+        self.bm25 = BM25Retriever(BM25Retriever.Params(top_k=depth, **params.bm25.model_dump()), index=index)
+
+    def load(self) -> HybridRetriever:
+        """Build (or fetch) the BM25 index now rather than on the first query."""
+        self.bm25.load()
+        return self
+
+    def search(
+        self, queries: Sequence[str], top_k: int | None = None, timings: dict[str, float] | None = None
+    ) -> list[list[Hit]]:
+        """One fused list of at most ``top_k`` hits per query.
+
+        When ``timings`` is given, seconds are added to ``embed`` and ``search`` (dense),
+        ``bm25`` and ``fuse``.
+        """
+        top_k = top_k or self.params.top_k
+        depth = max(self.params.depth, top_k)
+        dense = self.dense.search(queries, depth, timings)
+        lexical = self.bm25.search(queries, depth, timings)
+        start = time.perf_counter()
+        weights = (self.params.weights.dense, self.params.weights.bm25)
+        fused = [
+            reciprocal_rank_fusion((d, b), weights, self.params.rrf_k, top_k) for d, b in zip(dense, lexical)
+        ]
+        if timings is not None:
+            timings["fuse"] = timings.get("fuse", 0.0) + time.perf_counter() - start
+        return fused
