@@ -80,3 +80,48 @@ def test_builds_from_config_through_the_registry(tiny_reranker_dir):
     assert isinstance(stage, CrossEncoderReranker)
     assert stage.model.max_length == 64
     assert next(stage.model.model.parameters()).dtype == torch.float32  # no fp16 on the CPU
+
+
+def test_long_query_is_capped_and_leaves_room_for_the_passage(tiny_reranker_dir):
+    params = CrossEncoderReranker.Params(model=str(tiny_reranker_dir), max_length=64, device="cpu")
+    stage = CrossEncoderReranker(params)
+    features = stage._tokenize("vitamin deficiency " * 200, ["bone pain and muscle weakness " * 50, "short"])
+    lengths = [len(ids) for ids in features["input_ids"]]
+    assert max(lengths) == 64
+    # the second segment (after the separator) still holds passage tokens
+    sep = stage.model.tokenizer.sep_token_id
+    first = features["input_ids"][0]
+    passage_tokens = len(first) - first.index(sep) - 3  # </s> </s> ... </s>
+    assert passage_tokens >= 64 - int(64 * 0.75) - 4
+    scores = stage.score("vitamin deficiency " * 200, ["bone pain", "short"])
+    assert scores.shape == (2,) and np.all((scores > 0) & (scores < 1))
+
+
+def test_int8_path_scores_close_to_fp32(tiny_reranker_dir):
+    exact = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu"))
+    int8 = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", quantize="int8"))
+    a, b = exact.score("vitamin D", PASSAGES), int8.score("vitamin D", PASSAGES)
+    assert np.max(np.abs(a - b)) < 0.05
+    assert not np.array_equal(a, b), "the int8 path should really run quantized layers"
+
+
+def test_length_sorted_batches_restore_order_and_back_off():
+    from pipeline.batching import run_length_sorted
+
+    class FakeOOM(Exception):
+        pass
+
+    calls = []
+
+    def call(indices):
+        calls.append(len(indices))
+        if len(indices) > 2:
+            raise FakeOOM("out of memory")
+        return np.asarray(indices, dtype=np.float32) * 10
+
+    lengths = [3, 9, 1, 7, 5]
+    scores, final = run_length_sorted(lengths, 4, call, is_oom=lambda e: isinstance(e, FakeOOM))
+    np.testing.assert_array_equal(scores, [0, 10, 20, 30, 40])
+    assert final == 2 and calls[0] == 4 and max(calls[1:]) <= 2
+    with pytest.raises(ValueError):
+        run_length_sorted(lengths, 4, lambda idx: (_ for _ in ()).throw(ValueError("a real bug")))

@@ -1,7 +1,17 @@
 """Cross-encoder reranker (``reranker.type: cross-encoder``) on sentence-transformers.
 
 Reads query and passage together and scores each pair; scores go through a
-sigmoid so they fall in 0..1. On CUDA the model runs in fp16 (``use_fp16``).
+sigmoid so they fall in 0..1. The model is loaded with sentence-transformers'
+``CrossEncoder``; scoring runs the underlying Hugging Face model directly:
+
+* all pairs are tokenized in one call, the query first capped at
+  ``query_max_share`` of ``max_length`` so a long query cannot crowd out the
+  passage (as FlagEmbedding does), then the passage truncated to what is left;
+* pairs are sorted by token length and padded per batch, under
+  ``torch.inference_mode``; the scores come back in input order;
+* fp16 on CUDA (``use_fp16``), never on the CPU; ``quantize: int8`` runs the
+  linear layers as dynamic int8 on the CPU (faster, slightly different scores);
+* a CUDA out-of-memory error halves the batch and retries instead of failing.
 """
 
 from __future__ import annotations
@@ -10,13 +20,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import AfterValidator, PositiveInt
+from pydantic import AfterValidator, Field, PositiveInt
 
+from pipeline.batching import run_length_sorted
 from pipeline.config import StageParams
 from pipeline.device import check_device_name, resolve_device
+from pipeline.errors import ConfigError
 from pipeline.models import load_cross_encoder
 from pipeline.registry import register
 from pipeline.types import Hit
@@ -34,19 +46,35 @@ class CrossEncoderReranker:
         max_length: PositiveInt = 512
         batch_size: PositiveInt = 16
         use_fp16: bool = True
+        query_max_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
+        quantize: Literal["none", "int8"] = "none"
         device: Annotated[str, AfterValidator(check_device_name)] = "auto"
 
     def __init__(self, params: Params) -> None:
         self.params = params
+        self._batch_size = params.batch_size
 
     @cached_property
     def model(self):
+        """The sentence-transformers ``CrossEncoder``, loaded once, in eval mode."""
+        import torch
+
         device = resolve_device(self.params.device, "reranker.device")
         model = load_cross_encoder(self.params.model, "reranker.model", device, self.params.max_length)
-        if device.startswith("cuda") and self.params.use_fp16:
-            model.model.half()
-        logger.info("reranker %s loaded on %s (max_length %d, fp16 %s)", self.params.model, device,
-                    self.params.max_length, device.startswith("cuda") and self.params.use_fp16)
+        hf_model = model.model
+        on_cuda = device.startswith("cuda")
+        if on_cuda and self.params.use_fp16:
+            hf_model.half()
+        elif not on_cuda:
+            hf_model.float()  # a checkpoint saved in fp16 still computes in fp32 on the CPU
+        if self.params.quantize == "int8":
+            if on_cuda:
+                raise ConfigError("reranker.quantize: int8 is a CPU path; use 'none' on CUDA (fp16 is used there)")
+            model.model_int8 = torch.ao.quantization.quantize_dynamic(hf_model, {torch.nn.Linear}, dtype=torch.qint8)
+        model.eval()
+        logger.info("reranker %s loaded on %s (max_length %d, %s)", self.params.model, device, self.params.max_length,
+                    "fp16" if on_cuda and self.params.use_fp16 else self.params.quantize if self.params.quantize != "none"
+                    else "fp32")
         return model
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
@@ -55,14 +83,36 @@ class CrossEncoderReranker:
 
         if len(passages) == 0:
             return np.zeros(0, dtype=np.float32)
-        scores = self.model.predict(
-            [(query, passage) for passage in passages],
-            batch_size=self.params.batch_size,
-            activation_fn=torch.nn.Sigmoid(),
-            convert_to_numpy=True,
-            show_progress_bar=False,
+        model = self.model
+        features = self._tokenize(query, passages)
+        network = getattr(model, "model_int8", None) or model.model
+        device = next(model.model.parameters()).device
+        tokenizer = model.tokenizer
+
+        def forward(indices: np.ndarray) -> np.ndarray:
+            batch = tokenizer.pad({k: [v[i] for i in indices] for k, v in features.items()}, return_tensors="pt")
+            with torch.inference_mode():
+                logits = network(**{k: t.to(device) for k, t in batch.items()}).logits
+            return torch.sigmoid(logits.float().view(-1)).cpu().numpy()
+
+        scores, self._batch_size = run_length_sorted(
+            [len(ids) for ids in features["input_ids"]], self._batch_size, forward,
+            is_oom=lambda exc: isinstance(exc, torch.OutOfMemoryError), on_oom=_empty_cuda_cache,
         )
-        return np.asarray(scores, dtype=np.float32).reshape(-1)
+        return scores
+
+    def _tokenize(self, query: str, passages: Sequence[str]) -> dict[str, list[list[int]]]:
+        """Token ids of every (query, passage) pair, unpadded; the query capped first, then the passage."""
+        tokenizer = self.model.tokenizer
+        cap = max(1, int(self.params.max_length * self.params.query_max_share))
+        offsets = tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) > cap:
+            query = query[: offsets[cap - 1][1]]
+        encoded = tokenizer(
+            [query] * len(passages), list(passages), truncation="only_second", max_length=self.params.max_length,
+            padding=False, return_attention_mask=True,
+        )
+        return {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
 
     def rerank(self, query: str, hits: Sequence[Hit], top_n: int | None = None) -> list[Hit]:
         """New hits sorted by cross-encoder score (ties keep the first stage's order), first ``top_n`` kept."""
@@ -74,3 +124,10 @@ def rank_by_scores(hits: Sequence[Hit], scores: Sequence[float], top_n: int) -> 
     """New hits sorted by ``scores`` (ties keep the first stage's order), first ``top_n`` kept."""
     order = sorted(range(len(hits)), key=lambda i: (-scores[i], hits[i].rank))
     return [replace(hits[i], score=float(scores[i]), rank=rank) for rank, i in enumerate(order[:top_n], start=1)]
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
