@@ -1,0 +1,1 @@
+"""Evaluate and compare pipeline configs on a labelled collection (BEIR layout)."""
