@@ -125,6 +125,13 @@ def read_collection(root: str | Path, split: str) -> Collection:
     return Collection(root.name, root, documents, queries, {q: qrels[q] for q in queries})
 
 
+def dev_query_ids(collection: Collection, dev_queries: int, seed: int = 42) -> list[str]:
+    """The train queries :func:`load_groups` holds back as dev with the same ``dev_queries`` and ``seed``."""
+    query_ids = list(collection.queries)
+    random.Random(seed).shuffle(query_ids)
+    return query_ids[:dev_queries]
+
+
 def document_text(title: str, text: str) -> str:
     """What the index stores for a whole document, and so what the reranker reads: ``title + " " + text``."""
     return f"{title} {text}".strip()
@@ -304,16 +311,20 @@ class FirstStage:
 
     def search(self, queries: Sequence[str], top_k: int, pipeline=None) -> list[list[str]]:
         """Ranked document ids for each query (at most ``top_k``, after folding chunks)."""
+        return [[doc_id for doc_id, _ in row] for row in self.search_scored(queries, top_k, pipeline)]
+
+    def search_scored(self, queries: Sequence[str], top_k: int, pipeline=None) -> list[list[tuple[str, float]]]:
+        """``(doc id, first-stage score)`` best first for each query; a document scores as its best chunk."""
         if not queries:
             return []
         pipeline = pipeline or self._default
         hits = pipeline.retriever.search(list(queries), top_k * 4 if self.config.chunking.enabled else top_k)
         ranked = []
         for row in hits:
-            seen: dict[str, None] = {}
+            seen: dict[str, float] = {}
             for hit in row:
-                seen.setdefault(hit.doc_id, None)
-            ranked.append(list(seen)[:top_k])
+                seen.setdefault(hit.doc_id, float(hit.score))
+            ranked.append(list(seen.items())[:top_k])
         return ranked
 
     @property
@@ -565,19 +576,19 @@ class PairScorer:
         return [self.cache[p] for p in pairs]
 
 
-def rerank_rankings(
-    queries: Mapping[str, str], rankings: Mapping[str, Sequence[str]], texts: Mapping[str, str], scorer: PairScorer,
-    top_k: int, progress: bool = False,
-) -> dict[str, list[str]]:
-    """Each query's first ``top_k`` documents reordered by cross-encoder score (ties keep first-stage order)."""
-    pairs = [(queries[q], texts[d]) for q, r in rankings.items() for d in r[:top_k]]
-    scorer.score(pairs, progress=progress)
-    out = {}
-    for q, r in rankings.items():
-        head = list(r[:top_k])
-        scores = scorer.score([(queries[q], texts[d]) for d in head])
-        out[q] = [head[i] for i in sorted(range(len(head)), key=lambda i: (-scores[i], i))]
-    return out
+def interpolate(ce_scores: Sequence[float], first_scores: Sequence[float], weight: float) -> list[float]:
+    """``(1 - weight) * minmax(ce) + weight * minmax(first)`` over one query's candidates.
+
+    ``weight`` 0 is the cross-encoder alone, 1 the first stage alone. Min-max scaling per query puts
+    a cosine, a BM25 score and a sigmoid on one 0..1 scale; a constant list scales to zeros.
+    """
+    def minmax(values: Sequence[float]) -> list[float]:
+        low, high = min(values), max(values)
+        return [(v - low) / (high - low) if high > low else 0.0 for v in values]
+
+    if not ce_scores:
+        return []
+    return [(1 - weight) * c + weight * f for c, f in zip(minmax(ce_scores), minmax(first_scores))]
 
 
 def measure_reranking(
@@ -590,38 +601,57 @@ def measure_reranking(
     first_stages: Mapping[str, Mapping[str, Any]],
     top_k: int = 50,
     max_queries: int | None = None,
+    query_ids: Sequence[str] | None = None,
+    weights: Sequence[float] = (0.0,),
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """nDCG@10 of each first stage alone and reranked (its top ``top_k``), on ``split`` of ``root``.
+    """nDCG@10 of each first stage alone, reranked, and interpolated with the reranker, on ``split``.
 
     Args:
         first_stages: name -> retriever section (``{"type": "bm25", "top_k": 50}``); each runs over the
             same index, built from ``config``'s embedder and chunking.
         max_queries: a seeded random subset of the split's queries (all when None); stated in results.
+        query_ids: only these queries (for a dev split carved from train); overrides ``max_queries``.
+        weights: first-stage weights for :func:`interpolate`; 0 (the reranker alone) is always measured.
 
     Returns:
-        ``{"collection", "split", "queries", "top_k", "results": {name: {"first_stage", "reranked", "delta"}}}``
+        ``{"collection", "split", "queries", "query_subset", "top_k", "results": {name: {"first_stage",
+        "reranked", "delta", "interpolated": {weight: nDCG@10}}}}``
     """
     collection = read_collection(root, split)
     qids = list(collection.queries)
-    if max_queries is not None and max_queries < len(qids):
-        qids = sorted(random.Random(seed).sample(qids, max_queries), key=qids.index)
-    queries = {q: collection.queries[q] for q in qids}
+    subset = False
+    if query_ids is not None:
+        qids, subset = [q for q in qids if q in set(query_ids)], True
+    elif max_queries is not None and max_queries < len(qids):
+        qids, subset = sorted(random.Random(seed).sample(qids, max_queries), key=qids.index), True
     qrels = {q: collection.qrels[q] for q in qids}
     texts = {d: document_text(*v) for d, v in collection.documents.items()}
     stage = FirstStage(config, collection, cache_dir)
+    weights = sorted({0.0, *weights})
     results = {}
     for name, retriever in first_stages.items():
         pipe = stage.pipeline(retriever)
-        ranked = dict(zip(qids, stage.search([queries[q] for q in qids], top_k, pipeline=pipe)))
-        reranked = rerank_rankings(queries, ranked, texts, scorer, top_k, progress=progress)
-        before, after = ndcg_at_10(qrels, ranked), ndcg_at_10(qrels, reranked)
-        results[name] = {"first_stage": round(before, 4), "reranked": round(after, 4), "delta": round(after - before, 4)}
-        logger.info("%s/%s %s: nDCG@10 %.4f -> %.4f", collection.name, split, name, before, after)
-    return {"collection": collection.name, "split": split, "queries": len(qids),
-            "query_subset": max_queries is not None and max_queries < len(collection.queries), "top_k": top_k,
-            "results": results}
+        found = stage.search_scored([collection.queries[q] for q in qids], top_k, pipeline=pipe)
+        ranked = {q: [d for d, _ in row] for q, row in zip(qids, found)}
+        pairs = [(collection.queries[q], texts[d]) for q, row in zip(qids, found) for d, _ in row]
+        scorer.score(pairs, progress=progress)
+        runs: dict[float, dict[str, list[str]]] = {w: {} for w in weights}
+        for q, row in zip(qids, found):
+            ce = scorer.score([(collection.queries[q], texts[d]) for d, _ in row])
+            for w in weights:
+                fused = interpolate(ce, [s for _, s in row], w)
+                runs[w][q] = [row[i][0] for i in sorted(range(len(row)), key=lambda i: (-fused[i], i))]
+        before = ndcg_at_10(qrels, ranked)
+        by_weight = {f"{w:g}": round(ndcg_at_10(qrels, runs[w]), 4) for w in weights}
+        after = by_weight["0"]
+        results[name] = {"first_stage": round(before, 4), "reranked": after, "delta": round(after - before, 4),
+                         "interpolated": by_weight}
+        logger.info("%s/%s %s: nDCG@10 %.4f -> %.4f; by first-stage weight %s", collection.name, split, name,
+                    before, after, by_weight)
+    return {"collection": collection.name, "split": split, "queries": len(qids), "query_subset": subset,
+            "top_k": top_k, "results": results}
 
 
 # --------------------------------------------------------------------------- model card
@@ -657,13 +687,19 @@ def write_model_card(out: Path, *, settings: TrainSettings, report: TrainReport 
                       + ", ".join(f"{e['step']}: {e['ndcg@10']:.4f}" for e in report.dev_history)
                       + f". Kept: {report.best_checkpoint}.", ""]
     if measurements:
-        lines += ["## Evaluation (nDCG@10)", "", "| collection | split | queries | first stage | top_k | alone | reranked | Δ |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["## Evaluation (nDCG@10)", "",
+                  "Reranked: the first stage's top_k ordered by this model alone. Interpolated: "
+                  "(1 - w) x min-max(reranker) + w x min-max(first stage) per query, w chosen on the dev queries.", "",
+                  "| collection | split | queries | first stage | top_k | alone | reranked | Δ | w (dev) | interpolated | Δ |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for m in measurements:
             for name, r in m["results"].items():
-                queries = f"{m['queries']}{' (seeded subset)' if m.get('query_subset') else ''}"
+                queries = f"{m['queries']}{' (subset)' if m.get('query_subset') else ''}"
+                w = (m.get("chosen_weights") or {}).get(name)
+                fused = r["interpolated"].get(f"{w:g}") if w is not None else None
+                tail = (f"{w:g} | {fused:.4f} | {fused - r['first_stage']:+.4f}" if fused is not None else "– | – | –")
                 lines.append(f"| {m['collection']} | {m['split']} | {queries} | {name} | {m['top_k']} | "
-                             f"{r['first_stage']:.4f} | {r['reranked']:.4f} | {r['delta']:+.4f} |")
+                             f"{r['first_stage']:.4f} | {r['reranked']:.4f} | {r['delta']:+.4f} | {tail} |")
         lines.append("")
     lines += ["## Reproduce", "", "```bash", command, "```", ""]
     path = out / "README.md"

@@ -56,6 +56,10 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-first-stages", default="dense", help="comma list of: " + ", ".join(FIRST_STAGES))
     parser.add_argument("--eval-top-k", type=int, default=50, help="first-stage candidates to rerank")
     parser.add_argument("--eval-max-queries", type=int, default=None, help="seeded query subset per collection")
+    parser.add_argument("--eval-weights", default="0",
+                        help="first-stage weights to interpolate with the reranker's score, e.g. 0,0.2,0.4 (0 = rerank)")
+    parser.add_argument("--eval-dev", action="store_true",
+                        help="also measure on the dev queries of the first --data and pick each first stage's weight there")
     parser.add_argument("--skip-training", action="store_true", help="only measure the model already in --out")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -110,18 +114,35 @@ def main(argv=None) -> int:
               f"({report.pairs_per_second:.1f} pairs/s); dev nDCG@10 {report.dev_ndcg10}")
     size = training.save_compact(model, args.out)
     measurements = []
-    if args.eval_data:
+    if args.eval_data or args.eval_dev:
         scorer = training.PairScorer(model, batch_size=32)
+        first_stages = {s: {**FIRST_STAGES[s], "top_k": args.eval_top_k} for s in stages}
+        weights = [float(w) for w in args.eval_weights.split(",") if w.strip()]
+        chosen = None
+        if args.eval_dev:
+            dev_collection = training.read_collection(args.data[0], args.split)
+            dev = training.measure_reranking(
+                args.data[0], args.split, config, scorer, cache_dir=args.cache_dir, first_stages=first_stages,
+                top_k=args.eval_top_k, weights=weights, progress=show_progress(),
+                query_ids=training.dev_query_ids(dev_collection, args.dev_queries, args.seed),
+            )
+            dev["split"] = f"{args.split} (dev queries)"
+            # Each first stage's weight is the one best on dev (ties: the smaller, i.e. more reranker).
+            chosen = {name: float(max(r["interpolated"].items(), key=lambda kv: (kv[1], -float(kv[0])))[0])
+                      for name, r in dev["results"].items()}
+            dev["chosen_weights"] = chosen
+            measurements.append(dev)
+            _print(dev)
         for folder in args.eval_data:
             m = training.measure_reranking(
-                folder, args.eval_split, config, scorer, cache_dir=args.cache_dir,
-                first_stages={s: {**FIRST_STAGES[s], "top_k": args.eval_top_k} for s in stages},
-                top_k=args.eval_top_k, max_queries=args.eval_max_queries, seed=args.seed, progress=show_progress(),
+                folder, args.eval_split, config, scorer, cache_dir=args.cache_dir, first_stages=first_stages,
+                top_k=args.eval_top_k, max_queries=args.eval_max_queries, weights=weights + list((chosen or {}).values()),
+                seed=args.seed, progress=show_progress(),
             )
+            if chosen:
+                m["chosen_weights"] = chosen
             measurements.append(m)
-            for name, r in m["results"].items():
-                print(f"{m['collection']}/{m['split']} ({m['queries']} queries) {name}: nDCG@10 "
-                      f"{r['first_stage']:.4f} -> {r['reranked']:.4f} ({r['delta']:+.4f})")
+            _print(m)
         print(f"scored {scorer.scored} pairs in {scorer.seconds:.0f}s "
               f"({scorer.scored / max(scorer.seconds, 1e-9):.1f} pairs/s)")
     # Measurements of an earlier --skip-training run stay, unless this run measured the same collection and split.
@@ -137,6 +158,14 @@ def main(argv=None) -> int:
                               measurements=measurements, command=command, size_bytes=size, licences=licences)
     print(f"saved {args.out} ({size / 2**20:.1f} MiB of fp16 weights)")
     return 0
+
+
+def _print(m) -> None:
+    for name, r in m["results"].items():
+        w = (m.get("chosen_weights") or {}).get(name)
+        fused = f"; first-stage weight {w:g} (dev): {r['interpolated'][f'{w:g}']:.4f}" if w is not None else ""
+        print(f"{m['collection']}/{m['split']} ({m['queries']} queries) {name}: nDCG@10 "
+              f"{r['first_stage']:.4f} -> {r['reranked']:.4f} ({r['delta']:+.4f}){fused}; all: {r['interpolated']}")
 
 
 def _command(argv, drop: str = "") -> str:

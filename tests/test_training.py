@@ -89,6 +89,17 @@ def test_groups_exclude_judged_positives_and_hold_back_dev(collection, config, t
     assert pseudo[0].positive == LONG and all(n in {t for _, t in DOCS.values()} for n in pseudo[0].negatives)
     assert len(data.dev[0].candidates) == 4
     assert data.sources[0]["labelled_groups"] == 4
+    dev_ids = training.dev_query_ids(training.read_collection(collection, "train"), 1, seed=3)
+    assert [d.query_id for d in data.dev] == dev_ids, "measuring on dev must see the queries training held back"
+
+
+def test_interpolate_scales_each_list_then_mixes():
+    ce, first = [0.9, 0.1, 0.5], [10.0, 30.0, 20.0]
+    assert training.interpolate(ce, first, 0.0) == pytest.approx([1.0, 0.0, 0.5])
+    assert training.interpolate(ce, first, 1.0) == pytest.approx([0.0, 1.0, 0.5])
+    assert training.interpolate(ce, first, 0.25) == pytest.approx([0.75, 0.25, 0.5])
+    assert training.interpolate([0.3, 0.3], [2.0, 1.0], 0.5) == pytest.approx([0.5, 0.0])
+    assert training.interpolate([], [], 0.5) == []
 
 
 def test_jsonl_groups_and_bad_input(tmp_path):
