@@ -125,3 +125,20 @@ def test_length_sorted_batches_restore_order_and_back_off():
     assert final == 2 and calls[0] == 4 and max(calls[1:]) <= 2
     with pytest.raises(ValueError):
         run_length_sorted(lengths, 4, lambda idx: (_ for _ in ()).throw(ValueError("a real bug")))
+
+
+def test_weight_mixes_in_the_first_stage(tiny_reranker_dir):
+    hits = make_hits()
+    only_ce = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", top_n=6))
+    mixed = CrossEncoderReranker(
+        CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", top_n=6, weight=0.25))
+    only_first = CrossEncoderReranker(
+        CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", top_n=6, weight=0.0))
+    ce = only_ce.score("vitamin D", PASSAGES)
+    assert [h.rank for h in only_first.rank(hits, ce)] == [1, 2, 3, 4, 5, 6]
+    assert [h.doc_id for h in only_first.rank(hits, ce)] == [h.doc_id for h in hits]
+    first = np.array([h.retrieval_score for h in hits])
+    expected = 0.25 * ce + 0.75 * (first - first.min()) / (first.max() - first.min())
+    out = mixed.rank(hits, ce)
+    np.testing.assert_allclose([h.score for h in out], np.sort(expected)[::-1], rtol=1e-5)
+    assert all(0.0 <= h.score <= 1.0 for h in out)

@@ -43,7 +43,6 @@ from pipeline.evaluation.metrics import (
     evaluate_rankings,
     fold_to_documents,
 )
-from pipeline.rerankers.cross_encoder import rank_by_scores
 from pipeline.types import Hit
 
 logger = logging.getLogger(__name__)
@@ -141,7 +140,7 @@ class CachedReranker:
 
     def rerank(self, query: str, hits: Sequence[Hit], top_n: int | None = None) -> list[Hit]:
         scores, self.last_cost = self.cache.scores(self.reranker, query, [hit.text for hit in hits])
-        return rank_by_scores(hits, scores, top_n or self.params.top_n)
+        return self.reranker.rank(hits, scores, top_n or self.params.top_n)
 
 
 @dataclass

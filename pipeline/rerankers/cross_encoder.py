@@ -11,7 +11,9 @@ sigmoid so they fall in 0..1. The model is loaded with sentence-transformers'
   ``torch.inference_mode``; the scores come back in input order;
 * fp16 on CUDA (``use_fp16``), never on the CPU; ``quantize: int8`` runs the
   linear layers as dynamic int8 on the CPU (faster, slightly different scores);
-* a CUDA out-of-memory error halves the batch and retries instead of failing.
+* a CUDA out-of-memory error halves the batch and retries instead of failing;
+* ``weight < 1`` mixes in the first stage's (normalized) score, a cheap guard for
+  a weak cross-encoder; the weight is chosen on held-out queries, never on test.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class CrossEncoderReranker:
         use_fp16: bool = True
         query_max_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
         quantize: Literal["none", "int8"] = "none"
+        weight: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
         device: Annotated[str, AfterValidator(check_device_name)] = "auto"
 
     def __init__(self, params: Params) -> None:
@@ -116,8 +119,22 @@ class CrossEncoderReranker:
 
     def rerank(self, query: str, hits: Sequence[Hit], top_n: int | None = None) -> list[Hit]:
         """New hits sorted by cross-encoder score (ties keep the first stage's order), first ``top_n`` kept."""
-        top_n = top_n or self.params.top_n
-        return rank_by_scores(hits, self.score(query, [hit.text for hit in hits]), top_n)
+        return self.rank(hits, self.score(query, [hit.text for hit in hits]), top_n)
+
+    def rank(self, hits: Sequence[Hit], scores: np.ndarray, top_n: int | None = None) -> list[Hit]:
+        """Order ``hits`` by their cross-encoder ``scores``, mixed with the first stage's by ``weight``.
+
+        With ``weight < 1`` the final score is ``weight * cross-encoder + (1 - weight) *
+        first stage``, the first stage's scores min-max normalized over the candidates, so
+        it stays in 0..1. Pick the weight on held-out queries (``scripts/evaluate.py``).
+        """
+        weight = self.params.weight
+        if weight < 1.0 and len(hits) > 0:
+            first = np.array([hit.retrieval_score for hit in hits], dtype=np.float32)
+            span = float(first.max() - first.min())
+            normalized = (first - first.min()) / span if span > 0 else np.ones_like(first)
+            scores = weight * np.asarray(scores, dtype=np.float32) + (1.0 - weight) * normalized
+        return rank_by_scores(hits, scores, top_n or self.params.top_n)
 
 
 def rank_by_scores(hits: Sequence[Hit], scores: Sequence[float], top_n: int) -> list[Hit]:
