@@ -138,7 +138,7 @@ def test_weight_mixes_in_the_first_stage(tiny_reranker_dir):
     assert [h.rank for h in only_first.rank(hits, ce)] == [1, 2, 3, 4, 5, 6]
     assert [h.doc_id for h in only_first.rank(hits, ce)] == [h.doc_id for h in hits]
     first = np.array([h.retrieval_score for h in hits])
-    expected = 0.25 * ce + 0.75 * (first - first.min()) / (first.max() - first.min())
+    expected = 0.25 * (ce - ce.min()) / (ce.max() - ce.min()) + 0.75 * (first - first.min()) / (first.max() - first.min())
     out = mixed.rank(hits, ce)
     np.testing.assert_allclose([h.score for h in out], np.sort(expected)[::-1], rtol=1e-5)
     assert all(0.0 <= h.score <= 1.0 for h in out)

@@ -125,15 +125,13 @@ class CrossEncoderReranker:
         """Order ``hits`` by their cross-encoder ``scores``, mixed with the first stage's by ``weight``.
 
         With ``weight < 1`` the final score is ``weight * cross-encoder + (1 - weight) *
-        first stage``, the first stage's scores min-max normalized over the candidates, so
-        it stays in 0..1. Pick the weight on held-out queries (``scripts/evaluate.py``).
+        first stage``, both min-max normalized over the candidates, so it stays in 0..1.
+        Pick the weight on held-out queries, never on a test split.
         """
         weight = self.params.weight
         if weight < 1.0 and len(hits) > 0:
             first = np.array([hit.retrieval_score for hit in hits], dtype=np.float32)
-            span = float(first.max() - first.min())
-            normalized = (first - first.min()) / span if span > 0 else np.ones_like(first)
-            scores = weight * np.asarray(scores, dtype=np.float32) + (1.0 - weight) * normalized
+            scores = weight * _min_max(np.asarray(scores, dtype=np.float32)) + (1.0 - weight) * _min_max(first)
         return rank_by_scores(hits, scores, top_n or self.params.top_n)
 
 
@@ -148,3 +146,8 @@ def _empty_cuda_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    span = float(values.max() - values.min())
+    return (values - values.min()) / span if span > 0 else np.ones_like(values)
