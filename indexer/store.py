@@ -105,10 +105,7 @@ class ChunkStore:
 
     def texts(self) -> list[str]:
         """Every chunk's text, in row-id order (row i of the vector index is item i)."""
-        try:
-            return [row[0] for row in self._conn.execute("SELECT text FROM chunks ORDER BY id")]
-        except sqlite3.DatabaseError as exc:
-            raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
+        return [text for _, text in self.doc_texts()]
 
     def doc_texts(self) -> list[tuple[str, str]]:
         """(document id, chunk text) of every chunk, in row-id order."""

@@ -248,6 +248,11 @@ def plot_quality_vs_latency(report: EvaluationReport, path: Path) -> None:
         ax.errorbar(x, y, xerr=[[0], [max(total["p95"] - total["p50"], 0)]], fmt=marker, capsize=3)
         ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # plain numbers: 2, 5, 10, 20, 50 ms
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("latency per query, ms (median; bar to p95, log scale)")
     ax.set_ylabel("nDCG@10")
     ax.set_title(f"{report.collection.name} ({report.collection.split}, {len(report.collection.queries)} queries)")
