@@ -56,6 +56,7 @@ class CrossEncoderReranker:
     def __init__(self, params: Params) -> None:
         self.params = params
         self._batch_size = params.batch_size
+        self._network = None  # the module that scores: the model itself, or its int8 copy (set on load)
 
     @cached_property
     def model(self):
@@ -73,7 +74,9 @@ class CrossEncoderReranker:
         if self.params.quantize == "int8":
             if on_cuda:
                 raise ConfigError("reranker.quantize: int8 is a CPU path; use 'none' on CUDA (fp16 is used there)")
-            model.model_int8 = torch.ao.quantization.quantize_dynamic(hf_model, {torch.nn.Linear}, dtype=torch.qint8)
+            self._network = torch.ao.quantization.quantize_dynamic(hf_model, {torch.nn.Linear}, dtype=torch.qint8)
+        else:
+            self._network = hf_model
         model.eval()
         logger.info("reranker %s loaded on %s (max_length %d, %s)", self.params.model, device, self.params.max_length,
                     "fp16" if on_cuda and self.params.use_fp16 else self.params.quantize if self.params.quantize != "none"
@@ -88,7 +91,7 @@ class CrossEncoderReranker:
             return np.zeros(0, dtype=np.float32)
         model = self.model
         features = self._tokenize(query, passages)
-        network = getattr(model, "model_int8", None) or model.model
+        network = self._network
         device = next(model.model.parameters()).device
         tokenizer = model.tokenizer
 
