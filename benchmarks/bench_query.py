@@ -20,7 +20,7 @@ from common import ROOT, SHARED_DATA, header
 DEFAULT_VARIANTS = [
     "exact (as configured)=",
     "int8=reranker.quantize=int8",
-    "int8, max_length 192=reranker.quantize=int8,reranker.max_length=192",
+    "int8, max_length 128=reranker.quantize=int8,reranker.max_length=128",
     "no reranker=reranker.enabled=false",
 ]
 

@@ -26,6 +26,9 @@ def main(argv=None) -> int:
                         help="override a value in every config, or only in config NAME "
                              "(e.g. --set reranker.model=models/my-reranker, --set dense:retriever.top_k=100)")
     parser.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+    parser.add_argument("--max-queries", type=int, default=None, metavar="N",
+                        help="evaluate a seeded random subset of N judged queries (default: all)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the --max-queries subset (default 42)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval/<collection>-<time>)")
     parser.add_argument("--cache", default=str(ROOT / "runs" / "cache"), help="where evaluation indexes are kept")
     parser.add_argument("--stat-test", choices=("student", "fisher"), default="student",
@@ -49,7 +52,11 @@ def main(argv=None) -> int:
         if args.threads <= 0:
             raise InputError(f"--threads must be a positive number, got {args.threads}")
         set_threads(args.threads)
+    if args.max_queries is not None and args.max_queries <= 0:
+        raise InputError(f"--max-queries must be a positive number, got {args.max_queries}")
     collection = load_collection(args.data, args.split)
+    if args.max_queries is not None:
+        collection = collection.sample(args.max_queries, args.seed)
     specs = parse_config_specs(args.configs, args.overrides)
     report = evaluate_configs(collection, specs, args.cache, stat_test=args.stat_test, max_p=args.max_p,
                               show_progress=show_progress())

@@ -121,6 +121,17 @@ def test_collection_keeps_judged_queries_and_relevant_documents(tmp_path):
     assert c.qrels == {"q1": {"d1": 1}, "q3": {"d2": 2}}
 
 
+def test_sampled_collection_is_a_seeded_subset_in_file_order(tmp_path):
+    queries = {f"q{i}": f"query {i}" for i in range(20)}
+    root = write_collection(tmp_path / "c", {"d1": ("", "x")}, queries, [(q, "d1", 1) for q in queries])
+    c = load_collection(root)
+    a, b, other = c.sample(5, seed=1), c.sample(5, seed=1), c.sample(5, seed=2)
+    assert list(a.queries) == list(b.queries) and set(a.queries) != set(other.queries)
+    assert len(a.queries) == 5 and set(a.qrels) == set(a.queries) and a.subset_of == 20
+    assert list(a.queries) == [q for q in queries if q in a.queries]
+    assert c.sample(50) is c and c.subset_of is None
+
+
 def test_collection_errors_name_the_fix(tmp_path):
     with pytest.raises(CorpusError, match="does not exist"):
         load_collection(tmp_path / "nope")
@@ -206,24 +217,25 @@ def test_evaluate_script_end_to_end(tmp_path, tiny_collection, tiny_reranker_dir
         ("hybrid", {"type": "hybrid", "top_k": 5, "depth": 5}, None),
         ("bm25-rr", {"type": "bm25", "top_k": 5}, str(tiny_reranker_dir)),
         ("hybrid-rr", {"type": "hybrid", "top_k": 5, "depth": 5}, str(tiny_reranker_dir)),
+        ("bm25-mixed", {"type": "bm25", "top_k": 5}, str(tiny_reranker_dir)),
     ]:
         path = write_config(tmp_path / f"{name}.yaml", model, tmp_path / "unused", reranker, retriever=retriever,
                             chunking={"enabled": False})
         configs += ["--config", str(path)]
     out = tmp_path / "out"
     code = evaluate.main(["--data", str(tiny_collection), *configs, "--out", str(out), "--cache", str(tmp_path / "cache"),
-                          "--set", "bm25-rr:reranker.top_n=2"])
+                          "--set", "bm25-rr:reranker.top_n=2", "--set", "bm25-mixed:reranker.weight=0"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "ndcg@10" in printed and "results.json" in printed
 
     data = json.loads((out / "results.json").read_text())
-    assert [c["name"] for c in data["configs"]] == ["dense", "bm25", "hybrid", "bm25-rr", "hybrid-rr"]
+    assert [c["name"] for c in data["configs"]] == ["dense", "bm25", "hybrid", "bm25-rr", "hybrid-rr", "bm25-mixed"]
     assert data["collection"] == {"name": "tiny", "path": str(tiny_collection), "split": "test", "queries": 4,
-                                  "judgements": 4}
+                                  "judgements": 4, "sampled_from": None}
     # one index for all five configs (same corpus, embedder and chunking), built once
     assert len({c["index"]["digest"] for c in data["configs"]}) == 1
-    assert [c["index"]["build_seconds"] > 0 for c in data["configs"]] == [True, False, False, False, False]
+    assert [c["index"]["build_seconds"] > 0 for c in data["configs"]] == [True] + [False] * 5
     bm25 = next(c for c in data["configs"] if c["name"] == "bm25")
     # q1, q3, q4 found at rank 1; q2's judged document shares no term with the query
     assert bm25["metrics"]["ndcg@10"] == pytest.approx(0.75)
@@ -239,13 +251,16 @@ def test_evaluate_script_end_to_end(tmp_path, tiny_collection, tiny_reranker_dir
     assert {"bm25", "rerank"} <= set(rr["latency_ms"])
     # the reranker reorders the same candidates: first-stage recall is unchanged
     assert rr["metrics"]["first_stage_recall@50"] == bm25["metrics"]["first_stage_recall@50"]
-    # the two reranked configs share pairs: scored once, reused once
+    # the reranked configs share pairs: scored once, reused after; bm25-mixed (same model, weight 0)
+    # scores nothing new, and with weight 0 it keeps BM25's order
+    mixed = next(c for c in data["configs"] if c["name"] == "bm25-mixed")
+    assert mixed["metrics"] == bm25["metrics"] | {"recall@context": mixed["metrics"]["recall@context"]}
     assert data["reranker_pairs"]["reused"] > 0
-    assert len(data["comparisons"]) == 10 * 3
+    assert len(data["comparisons"]) == 15 * 3
     assert all(0 <= c["p_value"] <= 1 or c["p_value"] != c["p_value"] for c in data["comparisons"])
 
     rows = (out / "per_query.tsv").read_text().splitlines()
-    assert rows[0].startswith("config\tquery_id\tndcg@10") and len(rows) == 1 + 5 * 4
+    assert rows[0].startswith("config\tquery_id\tndcg@10") and len(rows) == 1 + 6 * 4
     assert "| bm25 | 0.7500 |" in (out / "results.md").read_text()
     assert (out / "quality_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
 

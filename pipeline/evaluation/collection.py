@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.errors import CorpusError
@@ -39,6 +40,17 @@ class Collection:
     corpus_path: Path
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
+    subset_of: int | None = None  # the split's judged queries before :meth:`sample`, if sampled
+
+    def sample(self, n: int, seed: int = 42) -> Collection:
+        """A seeded random subset of ``n`` judged queries (file order kept); all of them when ``n`` covers them."""
+        ids = list(self.queries)
+        if n >= len(ids):
+            return self
+        keep = set(random.Random(seed).sample(ids, n))
+        ids = [q for q in ids if q in keep]
+        return replace(self, queries={q: self.queries[q] for q in ids}, qrels={q: self.qrels[q] for q in ids},
+                       subset_of=len(self.queries))
 
 
 def load_collection(root: str | Path, split: str = "test") -> Collection:

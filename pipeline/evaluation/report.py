@@ -61,7 +61,7 @@ def report_to_dict(report: EvaluationReport, command: str | None = None) -> dict
     c = report.collection
     return {
         "collection": {"name": c.name, "path": str(c.root), "split": c.split, "queries": len(c.queries),
-                       "judgements": sum(len(d) for d in c.qrels.values())},
+                       "judgements": sum(len(d) for d in c.qrels.values()), "sampled_from": c.subset_of},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "commit": _git_commit(),
@@ -159,7 +159,7 @@ def to_markdown(report: EvaluationReport, data: dict[str, Any]) -> str:
     c = report.collection
     m = data["machine"]
     lines = [
-        f"# {c.name} ({c.split}, {len(c.queries)} queries)",
+        f"# {c.name} ({c.split}, {_queries(c)})",
         "",
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch threads {m.get('torch_threads')}, "
         f"load average at start {_load(m.get('load_average_start'))}; commit {data.get('commit')}; "
@@ -214,7 +214,7 @@ def print_table(report: EvaluationReport, console=None) -> None:
     # Piped output gets a wide console, so columns are not cut at 80 characters.
     console = console or Console(width=None if sys.stdout.isatty() else 200)
     c = report.collection
-    table = Table(title=f"{c.name} / {c.split}: {len(c.queries)} queries", title_justify="left")
+    table = Table(title=f"{c.name} / {c.split}: {_queries(c)}", title_justify="left")
     table.add_column("config", style="bold")
     for metric in report.metric_names:
         table.add_column(metric, justify="right")
@@ -255,8 +255,15 @@ def plot_quality_vs_latency(report: EvaluationReport, path: Path) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("latency per query, ms (median; bar to p95, log scale)")
     ax.set_ylabel("nDCG@10")
-    ax.set_title(f"{report.collection.name} ({report.collection.split}, {len(report.collection.queries)} queries)")
+    ax.set_title(f"{report.collection.name} ({report.collection.split}, {_queries(report.collection)})")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _queries(collection) -> str:
+    """"300 queries", or "100 of 3219 queries (seeded sample)"."""
+    if collection.subset_of:
+        return f"{len(collection.queries)} of {collection.subset_of} queries (seeded sample)"
+    return f"{len(collection.queries)} queries"

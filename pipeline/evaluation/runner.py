@@ -128,10 +128,10 @@ class ScoreCache:
 class CachedReranker:
     """A reranker stage that scores through a :class:`ScoreCache`; ``last_cost`` is the last call's seconds."""
 
-    def __init__(self, reranker, cache: ScoreCache) -> None:
+    def __init__(self, reranker, cache: ScoreCache, params=None) -> None:
         self.reranker = reranker
         self.cache = cache
-        self.params = reranker.params
+        self.params = params or reranker.params  # this config's top_n and weight; the model is shared
         self.last_cost = 0.0
 
     @property
@@ -140,7 +140,7 @@ class CachedReranker:
 
     def rerank(self, query: str, hits: Sequence[Hit], top_n: int | None = None) -> list[Hit]:
         scores, self.last_cost = self.cache.scores(self.reranker, query, [hit.text for hit in hits])
-        return self.reranker.rank(hits, scores, top_n or self.params.top_n)
+        return self.reranker.rank(hits, scores, top_n or self.params.top_n, weight=self.params.weight)
 
 
 @dataclass
@@ -210,7 +210,7 @@ class Evaluator:
         self._corpus_sha: str | None = None
         self._embedders: dict[str, Any] = {}
         self._bundles: dict[Path, Any] = {}
-        self._rerankers: dict[str, CachedReranker] = {}
+        self._rerankers: dict[str, Any] = {}  # scoring settings -> the loaded reranker stage
         self._caches: dict[str, ScoreCache] = {}
         self.build_seconds: dict[str, float] = {}
 
@@ -247,13 +247,15 @@ class Evaluator:
         retriever = build_stage(config.retriever, embedder=embedder, index=bundle)
         stages: dict[str, Any] = {"embedder": embedder, "index": bundle, "retriever": retriever, "reranker": None}
         if config.reranker is not None:
-            settings = {k: v for k, v in config.reranker.to_dict().items() if k != "top_n"}
+            # Configs whose rerankers differ only in how scores are used (top_n, weight) share
+            # one loaded model and one score cache: each pair is scored once.
+            settings = {k: v for k, v in config.reranker.to_dict().items() if k not in ("top_n", "weight")}
             reranker_key = json.dumps(settings, sort_keys=True)
-            cached = self._rerankers.get(reranker_key)
-            if cached is None:
-                cache = self._caches.setdefault(reranker_key, ScoreCache())
-                cached = self._rerankers[reranker_key] = CachedReranker(build_stage(config.reranker), cache)
-            stages["reranker"] = cached
+            scorer = self._rerankers.get(reranker_key)
+            if scorer is None:
+                scorer = self._rerankers[reranker_key] = build_stage(config.reranker)
+            cache = self._caches.setdefault(reranker_key, ScoreCache())
+            stages["reranker"] = CachedReranker(scorer, cache, config.reranker.params)
         return Pipeline(config, index_path, stages=stages).load()
 
     def run(self, spec: ConfigSpec, config: PipelineConfig, index: dict[str, Any]) -> ConfigResult:

@@ -124,14 +124,17 @@ class CrossEncoderReranker:
         """New hits sorted by cross-encoder score (ties keep the first stage's order), first ``top_n`` kept."""
         return self.rank(hits, self.score(query, [hit.text for hit in hits]), top_n)
 
-    def rank(self, hits: Sequence[Hit], scores: np.ndarray, top_n: int | None = None) -> list[Hit]:
+    def rank(
+        self, hits: Sequence[Hit], scores: np.ndarray, top_n: int | None = None, weight: float | None = None
+    ) -> list[Hit]:
         """Order ``hits`` by their cross-encoder ``scores``, mixed with the first stage's by ``weight``.
 
         With ``weight < 1`` the final score is ``weight * cross-encoder + (1 - weight) *
         first stage``, both min-max normalized over the candidates, so it stays in 0..1.
-        Pick the weight on held-out queries, never on a test split.
+        Pick the weight on held-out queries, never on a test split. ``weight`` defaults to
+        the stage's own.
         """
-        weight = self.params.weight
+        weight = self.params.weight if weight is None else weight
         if weight < 1.0 and len(hits) > 0:
             first = np.array([hit.retrieval_score for hit in hits], dtype=np.float32)
             scores = weight * _min_max(np.asarray(scores, dtype=np.float32)) + (1.0 - weight) * _min_max(first)
