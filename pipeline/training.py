@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import json
 import logging
 import math
@@ -229,6 +228,30 @@ def load_groups(
     return data
 
 
+def _clock(resumed_from: Path | None):
+    """A trainer callback timing a run across resumes: each checkpoint records the seconds spent so far."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        FILE = "elapsed.json"
+
+        def __init__(self) -> None:
+            self.before = 0.0
+            if resumed_from is not None and (resumed_from / self.FILE).is_file():
+                self.before = float(json.loads((resumed_from / self.FILE).read_text(encoding="utf-8"))["seconds"])
+            self.start = time.perf_counter()
+
+        def seconds(self) -> float:
+            return self.before + time.perf_counter() - self.start
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / self.FILE).write_text(json.dumps({"seconds": self.seconds()}), encoding="utf-8")
+
+    return Clock()
+
+
 def _sample(pool: Sequence[str], k: int, rng: random.Random) -> list[str]:
     return rng.sample(list(pool), min(k, len(pool)))
 
@@ -277,31 +300,25 @@ class FirstStage:
         self.cache_dir = Path(cache_dir)
 
     def index_path(self) -> Path:
+        """The index of this collection's corpus under ``cache_dir``, built on first use.
+
+        The same cache as ``scripts/evaluate.py`` (keyed by corpus, embedder, chunking and
+        index type), so training and evaluation encode a corpus once between them.
+        """
+        from indexer.build import corpus_hash
+        from indexer.corpus import read_corpus
+        from pipeline.evaluation.indexes import cached_index_path, ensure_index, index_key
+
         corpus = next(p for p in (self.collection.root / "corpus.jsonl", self.collection.root / "corpus.jsonl.gz")
                       if p.is_file())
-        key = {
-            "corpus": hashlib.sha256(corpus.read_bytes()).hexdigest(),
-            "embedder": self.config.embedder.to_dict(),
-            "chunking": self.config.chunking.model_dump(),
-            "index": self.config.index.to_dict(),
-        }
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-        return self.cache_dir / "train-indexes" / f"{self.collection.name}-{digest}"
+        key = index_key(self.config, corpus_hash(read_corpus(corpus).documents))
+        path, _ = ensure_index(corpus, self.config, cached_index_path(self.cache_dir, self.collection.name, key), key)
+        return path
 
     def pipeline(self, retriever: Mapping[str, Any] | None = None):
         from pipeline.pipeline import Pipeline
 
-        from indexer.store import current_version
-        from pipeline.errors import IndexMissingError
-
         path = self.index_path()
-        try:
-            current_version(path)
-        except IndexMissingError:
-            from indexer.build import build_index
-
-            logger.info("building the first-stage index %s", path)
-            build_index(self.collection.root, self.config, path)
         config = self.config
         if retriever is not None:
             raw = config.to_dict()
@@ -442,13 +459,14 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
         disable_tqdm=not settings.progress,
         report_to="none",
     )
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator)
     last = get_last_checkpoint(str(work_dir)) if settings.resume and work_dir.is_dir() else None
+    clock = _clock(Path(last) if last else None)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator,
+                                  callbacks=[clock])
     if last:
-        logger.info("resuming from %s", last)
-    start = time.perf_counter()
+        logger.info("resuming from %s (%.0f s of training before it)", last, clock.before)
     result = trainer.train(resume_from_checkpoint=last)
-    seconds = time.perf_counter() - start
+    seconds = clock.seconds()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     dev_history = [{"step": e["step"], "ndcg@10": e["eval_dev_ndcg@10"]}
                    for e in trainer.state.log_history if "eval_dev_ndcg@10" in e]

@@ -179,11 +179,16 @@ def test_saved_model_round_trips_through_the_reranker_stage(collection, config, 
 def test_resumes_from_the_last_checkpoint(collection, config, tiny_reranker_dir, tmp_path):
     data = training.load_groups(collection, "train", config, cache_dir=tmp_path / "cache", num_negatives=2,
                                 mine_top_k=6, seed=0)
-    training.train_reranker(data.train, [], _settings(tmp_path, tiny_reranker_dir, max_steps=2, save_steps=2))
+    _, first = training.train_reranker(data.train, [], _settings(tmp_path, tiny_reranker_dir, max_steps=2,
+                                                                  save_steps=2))
     assert (tmp_path / "ckpt" / "checkpoint-2").is_dir()
+    clock = tmp_path / "ckpt" / "checkpoint-2" / "elapsed.json"
+    assert 0 < json.loads(clock.read_text())["seconds"] <= first.seconds
+    clock.write_text(json.dumps({"seconds": 1000.0}))  # as if steps 1-2 had taken 1000 s
     _, report = training.train_reranker(data.train, [], _settings(tmp_path, tiny_reranker_dir, max_steps=4,
                                                                    save_steps=2))
     assert report.steps == 4 and len(report.first_losses) <= 1 + 2 // 5, "steps 1-2 must not run again"
+    assert 1000 < report.seconds < 1000 + first.seconds * 10, "steps 1-2's time counts in the resumed run's total"
 
 
 def test_command_refuses_a_test_split(collection, capsys):
