@@ -63,8 +63,9 @@ def test_ask_json_finds_the_answer(sample_index, capsys, query, expected):
     out = json.loads(capsys.readouterr().out)
     assert out["query"] == query
     assert len(out["retrieved"]) == 50 and out["retrieved"][0]["source"] == expected
-    # the shipped reranker (mixed with the first stage) keeps the answer in the context it hands on
-    assert len(out["reranked"]) == 5 and expected in [h["source"] for h in out["reranked"]]
+    # the shipped reranker (mixed with the first stage) puts the answer first, above the keyword traps
+    # (vitamin D toxicity, vitamin C deficiency) that share most of its words
+    assert len(out["reranked"]) == 5 and out["reranked"][0]["source"] == expected
     assert all(0.0 <= h["score"] <= 1.0 for h in out["reranked"])
     assert {"embed", "search", "rerank", "total"} <= set(out["timings_ms"])
 
