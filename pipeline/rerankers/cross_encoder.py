@@ -19,6 +19,7 @@ sigmoid so they fall in 0..1. The model is loaded with sentence-transformers'
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
@@ -74,7 +75,11 @@ class CrossEncoderReranker:
         if self.params.quantize == "int8":
             if on_cuda:
                 raise ConfigError("reranker.quantize: int8 is a CPU path; use 'none' on CUDA (fp16 is used there)")
-            self._network = torch.ao.quantization.quantize_dynamic(hf_model, {torch.nn.Linear}, dtype=torch.qint8)
+            with warnings.catch_warnings():
+                # torch marks eager dynamic quantization deprecated (torchao replaces it); torch is
+                # pinned, and this path is measured in benchmarks/README.md, so users get no warning
+                warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+                self._network = torch.ao.quantization.quantize_dynamic(hf_model, {torch.nn.Linear}, dtype=torch.qint8)
         else:
             self._network = hf_model
         model.eval()
