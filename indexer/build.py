@@ -133,14 +133,14 @@ def build_index(
 
         start = time.perf_counter()
         index = build_stage(config.index)
-        index.build(vectors)
+        index.build(vectors, chunks)
         times["index"] = time.perf_counter() - start
 
         start = time.perf_counter()
         manifest = Manifest(
             embedder=facts,
             chunking=config.chunking.model_dump(),
-            index={"type": config.index.type, "factory": config.index.params.factory, "metric": "inner_product"},
+            index={"type": config.index.type, **index.describe(), "metric": "inner_product"},
             counts={
                 "documents": len(corpus.documents),
                 "chunks": len(chunks),
@@ -282,7 +282,10 @@ def corpus_hash(documents: list[Document]) -> str:
 
 def _library_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for package in ("faiss-cpu", "faiss-gpu-cu12", "torch", "sentence-transformers", "transformers", "numpy"):
+    for package in (
+        "faiss-cpu", "faiss-gpu-cu12", "torch", "sentence-transformers", "transformers", "numpy",
+        "pymilvus", "milvus-lite", "ray",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -294,7 +297,7 @@ def _remove_unfinished(index_path: Path) -> None:
     """Delete staging folders left by a build that was killed (we hold the lock)."""
     for item in index_path.glob("v-*.tmp"):
         logger.info("removing unfinished build %s", item)
-        shutil.rmtree(item, ignore_errors=True)
+        _discard_version(item)
 
 
 def _remove_old_versions(index_path: Path, keep: Path) -> None:
@@ -304,4 +307,12 @@ def _remove_old_versions(index_path: Path, keep: Path) -> None:
         if p.is_dir() and p.name not in (live, keep.name) and not p.name.endswith(".tmp")
     )
     for item in old[: max(len(old) - KEEP_PREVIOUS, 0)]:
-        shutil.rmtree(item, ignore_errors=True)
+        _discard_version(item)
+
+
+def _discard_version(version: Path) -> None:
+    """Delete a version folder, and first the Milvus collection it records when that lives on a server."""
+    from pipeline.milvus_index import drop_version_collection
+
+    drop_version_collection(version)
+    shutil.rmtree(version, ignore_errors=True)

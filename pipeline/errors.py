@@ -74,3 +74,9 @@ class StageError(RagError):
         super().__init__(f"{kind} stage '{type_name}' failed: {type(cause).__name__}: {cause}")
         self.kind = kind
         self.type_name = type_name
+
+
+class StoreUnavailableError(RagError):
+    """The vector store's server cannot be reached, or its database cannot be opened."""
+
+    exit_code = 1

@@ -1,7 +1,7 @@
 """Evaluation indexes, built once and reused: keyed by corpus content + embedder + chunking.
 
 Two configs that agree on what goes into the vectors (the corpus, the
-embedder's model and document settings, the chunking and the FAISS factory)
+embedder's model and document settings, the chunking and the vector index settings)
 share one index, so an ablation of retrievers and rerankers encodes the
 corpus once, and a second run of the same collection encodes nothing.
 """
@@ -36,7 +36,7 @@ def index_key(config: PipelineConfig, corpus_sha256: str) -> dict[str, Any]:
             "document_prompt": embedder.document_prompt,
         },
         "chunking": config.chunking.model_dump(),
-        "index": {"type": config.index.type, "factory": config.index.params.factory},
+        "index": {"type": config.index.type, **config.index.cls(config.index.params).describe()},
     }
 
 
