@@ -15,8 +15,11 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -28,13 +31,14 @@ from indexer.chunking import chunk_documents
 from indexer.corpus import MAX_FILE_MB, read_corpus
 from indexer.store import CHUNKS, CURRENT, EMBEDDINGS, ChunkStore, Manifest, current_version, publish_version
 from pipeline.config import PipelineConfig
-from pipeline.errors import IndexLockedError, IndexMismatchError, IndexMissingError
+from pipeline.errors import IndexLockedError, IndexMismatchError, IndexMissingError, InputError
 from pipeline.types import Chunk, Document
 
 logger = logging.getLogger(__name__)
 
 LOCK = ".lock"
 KEEP_PREVIOUS = 1  # old versions kept after a swap, for readers still loading them
+ENGINES = ("local", "ray")  # where chunking and encoding run
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ def build_index(
     reuse: bool = True,
     show_progress: bool = False,
     max_file_mb: float = MAX_FILE_MB,
+    engine: str = "local",
+    reuse_from: str | Path | None = None,
 ) -> BuildReport:
     """Index every document under ``corpus_path`` into ``index_path`` (default: ``index.path``).
 
@@ -90,6 +96,12 @@ def build_index(
             report which documents were added, changed and removed.
         reuse: take vectors of unchanged chunks from the live index (False
             re-encodes everything).
+        reuse_from: another index path whose live vectors may be reused (same
+            embedder settings), when this one has none yet; e.g. the same corpus
+            in another vector store.
+        engine: ``local`` chunks and encodes in this process; ``ray`` runs both
+            as Ray Data pipelines (the config's ``ray`` section; see
+            :mod:`indexer.ray_engine`). Everything else is the same.
 
     Raises:
         CorpusError: nothing readable in the corpus.
@@ -99,6 +111,8 @@ def build_index(
     """
     from pipeline.pipeline import build_stage
 
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
     index_path = Path(index_path or config.index.params.path)
     index_path.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(index_path / LOCK), timeout=0)
@@ -120,15 +134,32 @@ def build_index(
         facts = embedding_manifest(config, embedder)
         times["load_model"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        chunks = _chunk(corpus.documents, config, embedder, show_progress)
-        times["chunk"] = time.perf_counter() - start
-        logger.info("%d documents -> %d chunks", len(corpus.documents), len(chunks))
+        with ExitStack() as stack:
+            ray_engine = None
+            if engine == "ray":
+                from indexer.ray_engine import RayEngine
 
-        previous = _load_previous(index_path, facts, strict=update) if (reuse or update) else None
-        start = time.perf_counter()
-        vectors, encoded = _embed(chunks, embedder, previous, show_progress)
-        times["encode"] = time.perf_counter() - start
+                start = time.perf_counter()
+                ray_engine = stack.enter_context(RayEngine(config.ray, index_path, show_progress=show_progress))
+                times["ray_start"] = time.perf_counter() - start
+            start = time.perf_counter()
+            if ray_engine is None:
+                chunks = _chunk(corpus.documents, config, embedder, show_progress)
+            else:
+                chunks = ray_engine.chunk(corpus.documents, config.embedder, config.chunking)
+            times["chunk"] = time.perf_counter() - start
+            logger.info("%d documents -> %d chunks", len(corpus.documents), len(chunks))
+
+            previous = _load_previous(index_path, facts, strict=update) if (reuse or update) else None
+            if previous is None and reuse and reuse_from is not None:
+                previous = _load_previous(Path(reuse_from), facts, strict=False)
+            start = time.perf_counter()
+            if ray_engine is None:
+                encode = partial(embedder.encode_documents, show_progress=show_progress)
+            else:
+                encode = partial(ray_engine.encode, embedder=config.embedder)
+            vectors, encoded = _embed(chunks, embedder.dimension, previous, encode)
+            times["encode"] = time.perf_counter() - start
         changes = _changes(chunks, previous, encoded)
 
         start = time.perf_counter()
@@ -176,20 +207,22 @@ def _chunk(documents: list[Document], config: PipelineConfig, embedder, show_pro
     )
 
 
-def _embed(chunks: list[Chunk], embedder, previous: _Previous | None, show_progress: bool) -> tuple[np.ndarray, list[int]]:
+def _embed(
+    chunks: list[Chunk], dimension: int, previous: _Previous | None, encode: Callable[[list[str]], np.ndarray]
+) -> tuple[np.ndarray, list[int]]:
     """Vectors for every chunk, in chunk order; returns them and the positions that were encoded."""
-    vectors = np.empty((len(chunks), embedder.dimension), dtype=np.float32)
-    encode: list[int] = []
+    vectors = np.empty((len(chunks), dimension), dtype=np.float32)
+    todo: list[int] = []
     for i, chunk in enumerate(chunks):
         row = previous.rows.get(chunk.text) if previous is not None else None
         if row is None:
-            encode.append(i)
+            todo.append(i)
         else:
             vectors[i] = previous.embeddings[row]
-    if encode:
-        logger.info("encoding %d of %d chunks (%d reused)", len(encode), len(chunks), len(chunks) - len(encode))
-        vectors[encode] = embedder.encode_documents([chunks[i].text for i in encode], show_progress=show_progress)
-    return vectors, encode
+    if todo:
+        logger.info("encoding %d of %d chunks (%d reused)", len(todo), len(chunks), len(chunks) - len(todo))
+        vectors[todo] = encode([chunks[i].text for i in todo])
+    return vectors, todo
 
 
 def _load_previous(index_path: Path, facts: dict, strict: bool) -> _Previous | None:
@@ -298,6 +331,8 @@ def _remove_unfinished(index_path: Path) -> None:
     for item in index_path.glob("v-*.tmp"):
         logger.info("removing unfinished build %s", item)
         _discard_version(item)
+    for item in index_path.glob(".ray-*"):  # Parquet of a killed --engine ray build
+        shutil.rmtree(item, ignore_errors=True)
 
 
 def _remove_old_versions(index_path: Path, keep: Path) -> None:

@@ -76,7 +76,7 @@ class StageError(RagError):
         self.type_name = type_name
 
 
-class StoreUnavailableError(RagError):
-    """The vector store's server cannot be reached, or its database cannot be opened."""
+class ServiceUnavailableError(RagError):
+    """A server the pipeline needs (Milvus, a Ray cluster) cannot be reached, or a local database cannot be opened."""
 
     exit_code = 1

@@ -37,7 +37,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from tqdm.auto import tqdm
 
 from pipeline.config import StageParams
-from pipeline.errors import ConfigError, IndexLockedError, IndexMissingError, MissingDependencyError, StoreUnavailableError
+from pipeline.errors import ConfigError, IndexLockedError, IndexMissingError, MissingDependencyError, ServiceUnavailableError
 from pipeline.registry import register
 from pipeline.types import Chunk
 
@@ -260,7 +260,7 @@ def drop_version_collection(version_dir: Path, timeout: float = 30.0) -> None:
     try:
         _import_pymilvus()
         client, started = _connect(_resolve_uri(uri, version_dir), timeout)
-    except (MissingDependencyError, StoreUnavailableError, IndexLockedError) as exc:
+    except (MissingDependencyError, ServiceUnavailableError, IndexLockedError) as exc:
         logger.warning("cannot drop Milvus collection %s of %s (%s); drop it by hand", collection, version_dir, exc)
         return
     try:
@@ -289,11 +289,11 @@ def _connect(uri: str, timeout: float):
         client = MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""), timeout=timeout)
     except MilvusException as exc:
         if is_server_uri(uri):
-            raise StoreUnavailableError(
+            raise ServiceUnavailableError(
                 f"cannot reach the Milvus server at {uri} (index.uri): {exc.message or type(exc).__name__}; "
                 "check the address and that the server is running"
             ) from None
-        raise StoreUnavailableError(
+        raise ServiceUnavailableError(
             f"cannot open the Milvus Lite database {uri}: {exc.message or type(exc).__name__}"
         ) from None
     return client, started

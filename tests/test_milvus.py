@@ -16,7 +16,7 @@ pytest.importorskip("milvus_lite", reason="Milvus Lite has no wheel for this pla
 from indexer.build import build_index  # noqa: E402
 from indexer.store import current_version, load_index  # noqa: E402
 from pipeline.config import load_config, parse_config  # noqa: E402
-from pipeline.errors import ConfigError, IndexLockedError, MissingDependencyError, StoreUnavailableError  # noqa: E402
+from pipeline.errors import ConfigError, IndexLockedError, MissingDependencyError, ServiceUnavailableError  # noqa: E402
 from pipeline.index import FaissIndex  # noqa: E402
 from pipeline.milvus_index import MILVUS_FILE, MilvusIndex  # noqa: E402
 from pipeline.pipeline import Pipeline, build_stage  # noqa: E402
@@ -104,7 +104,8 @@ def test_pipeline_on_milvus_equals_faiss(tmp_path, tiny_corpus, tiny_embedder_di
     faiss_config = load_config(write_config(tmp_path / "f.yaml", str(tiny_embedder_dir), tmp_path / "faiss"))
     milvus_config = _config(tmp_path, tiny_embedder_dir)
     build_index(tiny_corpus, faiss_config)
-    report = build_index(tiny_corpus, milvus_config)
+    report = build_index(tiny_corpus, milvus_config, reuse_from=tmp_path / "faiss")
+    assert report.changes["encoded_chunks"] == 0  # the FAISS index's vectors, reused by content
     assert report.manifest.index == {"type": "milvus", "index_type": "FLAT", "params": {}, "uri": None,
                                      "metric": "inner_product"}
     assert (report.version_dir / MILVUS_FILE).is_file() and (report.version_dir / "milvus.db").is_dir()
@@ -144,7 +145,7 @@ def test_failed_build_keeps_the_live_milvus_index(tmp_path, tiny_corpus, tiny_em
     config = _config(tmp_path, tiny_embedder_dir)
     good = build_index(tiny_corpus, config).version_dir
     unreachable = _config(tmp_path, tiny_embedder_dir, uri="http://127.0.0.1:9", timeout=3)
-    with pytest.raises(StoreUnavailableError, match=r"cannot reach the Milvus server at http://127.0.0.1:9"):
+    with pytest.raises(ServiceUnavailableError, match=r"cannot reach the Milvus server at http://127.0.0.1:9"):
         build_index(tiny_corpus, unreachable)
     assert current_version(tmp_path / "index") == good
     assert not list((tmp_path / "index").glob("*.tmp"))
