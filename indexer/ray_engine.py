@@ -132,6 +132,14 @@ class RayEngine:
                     f"cannot reach the Ray cluster at {self.params.address!r} (ray.address): {exc}; "
                     "check the address, or remove it to run on a local Ray"
                 ) from None
+            except Exception as exc:  # Ray raises a bare Exception when its local processes start too slowly
+                ray.shutdown()
+                if self.params.address is not None:
+                    raise
+                raise ServiceUnavailableError(
+                    f"could not start a local Ray: {exc} (Ray gives its processes 30 s; on an overloaded "
+                    "machine retry later, or build with --engine local)"
+                ) from None
             self._started = True
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = self.show_progress

@@ -47,6 +47,7 @@ MILVUS_FILE = "milvus.json"  # in a version folder: which collection, where
 LITE_DIR = "milvus.db"  # Milvus Lite database inside a version folder (uri: null)
 TOKEN_ENV = "MILVUS_TOKEN"  # "user:password" or an API key for a secured server; never in the YAML
 DEFAULT_EF_SEARCH = 64
+SLOW_CALLS = 10
 SERVER_SCHEMES = ("http://", "https://", "tcp://")
 
 BUILD_KNOBS = {"FLAT": (), "HNSW": ("m", "ef_construction"), "IVF_FLAT": ("nlist",)}
@@ -79,8 +80,8 @@ class MilvusIndex:
         nlist: PositiveInt | None = None
         ef_search: PositiveInt | None = None
         nprobe: PositiveInt | None = None
-        batch_size: PositiveInt = 5000
-        timeout: PositiveFloat = 30.0
+        batch_size: PositiveInt = 1000
+        timeout: PositiveFloat = 30.0  # seconds per call; inserts and index builds get SLOW_CALLS times more
 
         @field_validator("uri")
         @classmethod
@@ -140,11 +141,17 @@ class MilvusIndex:
         client, started = _connect(uri, self.params.timeout)
         try:
             self._insert(client, pymilvus, collection, server=is_server_uri(uri))
+        except pymilvus.MilvusException as exc:
+            raise ServiceUnavailableError(
+                f"writing Milvus collection {collection} at {uri} failed: {exc.message or type(exc).__name__} "
+                "(the previous index stays live)"
+            ) from None
         finally:
             _disconnect(client, uri, started)
 
     def _insert(self, client, pymilvus, collection: str, server: bool) -> None:
         vectors, doc_ids = self._vectors, self._doc_ids
+        slow = self.params.timeout * SLOW_CALLS
         if client.has_collection(collection):
             client.drop_collection(collection)
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -159,9 +166,9 @@ class MilvusIndex:
                 rows = [
                     {"id": i, "doc_id": doc_ids[i], "vector": vectors[i]} for i in range(start, stop)
                 ]
-                client.insert(collection, rows, timeout=self.params.timeout)
+                client.insert(collection, rows, timeout=slow)
                 bar.update(stop - start)
-        client.flush(collection)
+        client.flush(collection, timeout=slow)
         build = self._build_params()
         index_params = client.prepare_index_params()
         index_params.add_index(field_name="vector", index_type=self.params.index_type, metric_type="IP", params=build)
@@ -170,8 +177,8 @@ class MilvusIndex:
         index_params[0].get_index_configs()["params"] = build
         # A server builds the index asynchronously: wait for it. Milvus Lite builds it in load() and
         # answers pymilvus' wait with an unimplemented call (logged as a traceback), so it is not asked.
-        client.create_index(collection, index_params, sync=server)
-        client.load_collection(collection, timeout=self.params.timeout)  # builds and persists the index now
+        client.create_index(collection, index_params, sync=server, timeout=slow)
+        client.load_collection(collection, timeout=slow)  # builds and persists the index now
         count = int(client.get_collection_stats(collection)["row_count"])
         if count != len(vectors):
             raise IndexMissingError(f"Milvus collection {collection} holds {count} rows after inserting {len(vectors)}")
@@ -197,7 +204,7 @@ class MilvusIndex:
             raise IndexMissingError(
                 f"Milvus collection {collection} is missing at {uri}; rebuild with scripts/build_index.py"
             )
-        client.load_collection(collection, timeout=self.params.timeout)
+        client.load_collection(collection, timeout=self.params.timeout * SLOW_CALLS)
         self._client, self._collection = client, collection
         self._ntotal = int(client.get_collection_stats(collection)["row_count"])
 
