@@ -10,7 +10,7 @@
    same SciFact documents (offline config, bundled all-MiniLM-L6-v2), fresh
    index each, no reuse: wall time of each and the ratio.
 
-    python benchmarks/bench_store.py                        # both, 100k vectors, 1000 documents
+    python benchmarks/bench_store.py                        # both, 100k vectors, 500 documents
     python benchmarks/bench_store.py --part store --n 20000 # quicker
 """
 
@@ -118,6 +118,7 @@ def ray_rows(n_docs: int, repeats: int, work: Path) -> list[dict]:
     config = load_config(ROOT / "configs" / "offline.yaml", ["reranker.enabled=false"])
     rows = []
     for repeat in range(repeats):
+        versions = {}
         for engine in ("local", "ray"):
             index = work / f"index-{engine}-{repeat}"
             start = time.perf_counter()
@@ -127,9 +128,22 @@ def ray_rows(n_docs: int, repeats: int, work: Path) -> list[dict]:
             rows.append({"engine": engine, "repeat": repeat, "wall_s": wall, "chunks": report.manifest.counts["chunks"],
                          "ray_start_s": seconds.get("ray_start", 0.0), "chunk_s": seconds["chunk"],
                          "encode_s": seconds["encode"]})
+            versions[engine] = report.version_dir
             print(f"  {engine} #{repeat}: {wall:.1f}s", flush=True)
-            shutil.rmtree(index, ignore_errors=True)
+        if repeat == 0:
+            same = same_index(versions["local"], versions["ray"])
+            print(f"  same chunks in the same order: {same['chunks']}; vectors max |diff| {same['max_diff']:.1e}")
+        for version in versions.values():
+            shutil.rmtree(version.parent, ignore_errors=True)
     return rows
+
+
+def same_index(a: Path, b: Path) -> dict:
+    from indexer.store import CHUNKS, EMBEDDINGS, ChunkStore
+
+    chunks = [ChunkStore(v / CHUNKS).doc_texts() for v in (a, b)]
+    return {"chunks": chunks[0] == chunks[1],
+            "max_diff": float(np.abs(np.load(a / EMBEDDINGS) - np.load(b / EMBEDDINGS)).max())}
 
 
 def main() -> int:
@@ -140,7 +154,7 @@ def main() -> int:
     parser.add_argument("--types", nargs="+",
                         default=["faiss Flat", "faiss HNSW32", "milvus-lite FLAT", "milvus-lite HNSW"],
                         help="stores to compare; 'milvus-lite IVF_FLAT' too (slow inserts)")
-    parser.add_argument("--docs", type=int, default=1000, help="SciFact documents for the Ray comparison")
+    parser.add_argument("--docs", type=int, default=500, help="SciFact documents for the Ray comparison")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--search", type=Path, help=argparse.SUPPRESS)  # internal: the reader process
     parser.add_argument("--store", help=argparse.SUPPRESS)

@@ -289,11 +289,15 @@ def _connect(uri: str, timeout: float):
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
-    started = False
+    started, options = False, {}
     if not is_server_uri(uri):
         started = _check_lite_lock(uri)
+        # pymilvus pings every 10 s; Milvus Lite's in-process gRPC server keeps gRPC's default policy
+        # (at most one ping per 5 min without data) and drops the channel ("too many pings") during a
+        # long index build. In-process there is nothing to keep alive.
+        options = {"grpc_options": {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}}
     try:
-        client = MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""), timeout=timeout)
+        client = MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""), timeout=timeout, **options)
     except MilvusException as exc:
         if is_server_uri(uri):
             raise ServiceUnavailableError(
