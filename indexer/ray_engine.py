@@ -33,6 +33,7 @@ from pipeline.types import Chunk, Document
 logger = logging.getLogger(__name__)
 
 WORK_PREFIX = ".ray-"  # work folders under the index path; a killed build's are removed by the next one
+START_ATTEMPTS = 2  # a busy machine can make a local Ray miss its start-up window once
 MAX_TEMP_DIR = 50  # Ray adds ~55 characters of session and socket names below ray.temp_dir
 CHUNK_COLUMNS = ("doc_index", "position", "chunk_id", "doc_id", "text", "source", "start", "end", "title")
 
@@ -126,7 +127,7 @@ class RayEngine:
                     )
                 kwargs["_temp_dir"] = temp_dir
             try:
-                ray.init(address=self.params.address, **kwargs)
+                self._init(ray, kwargs)
             except (ConnectionError, TimeoutError) as exc:
                 raise ServiceUnavailableError(
                     f"cannot reach the Ray cluster at {self.params.address!r} (ray.address): {exc}; "
@@ -148,6 +149,19 @@ class RayEngine:
         logger.info("ray: %s CPUs, %s GPUs; work folder %s", resources.get("CPU", 0), resources.get("GPU", 0),
                     self.work_dir)
         return self
+
+    def _init(self, ray, kwargs: dict[str, Any]) -> None:
+        """``ray.init``, tried once more when a local Ray's processes miss Ray's fixed 30 s start-up window."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                ray.init(address=self.params.address, **kwargs)
+                return
+            except Exception as exc:  # Ray raises a bare Exception for a slow start
+                if self.params.address is not None or "timed out during startup" not in str(exc) \
+                        or attempt == START_ATTEMPTS:
+                    raise
+                logger.warning("local Ray did not start in time (attempt %d of %d); retrying", attempt, START_ATTEMPTS)
+                ray.shutdown()
 
     def __exit__(self, *exc_info) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)

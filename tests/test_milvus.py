@@ -172,7 +172,7 @@ def test_locked_milvus_lite_database_is_one_clear_line(tmp_path, tiny_corpus, ti
             Pipeline(load_config(config_path)).retriever.search(["vitamin"], 3)
         cli = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "ask.py"), "vitamin", "--config", str(config_path)],
-            capture_output=True, text=True, cwd=ROOT, timeout=120,
+            capture_output=True, text=True, cwd=ROOT, timeout=600,
         )
     finally:
         holder.kill()
