@@ -15,8 +15,11 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -28,13 +31,14 @@ from indexer.chunking import chunk_documents
 from indexer.corpus import MAX_FILE_MB, read_corpus
 from indexer.store import CHUNKS, CURRENT, EMBEDDINGS, ChunkStore, Manifest, current_version, publish_version
 from pipeline.config import PipelineConfig
-from pipeline.errors import IndexLockedError, IndexMismatchError, IndexMissingError
+from pipeline.errors import IndexLockedError, IndexMismatchError, IndexMissingError, InputError
 from pipeline.types import Chunk, Document
 
 logger = logging.getLogger(__name__)
 
 LOCK = ".lock"
 KEEP_PREVIOUS = 1  # old versions kept after a swap, for readers still loading them
+ENGINES = ("local", "ray")  # where chunking and encoding run
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ def build_index(
     reuse: bool = True,
     show_progress: bool = False,
     max_file_mb: float = MAX_FILE_MB,
+    engine: str = "local",
+    reuse_from: str | Path | None = None,
 ) -> BuildReport:
     """Index every document under ``corpus_path`` into ``index_path`` (default: ``index.path``).
 
@@ -90,6 +96,12 @@ def build_index(
             report which documents were added, changed and removed.
         reuse: take vectors of unchanged chunks from the live index (False
             re-encodes everything).
+        reuse_from: another index path whose live vectors may be reused (same
+            embedder settings), when this one has none yet; e.g. the same corpus
+            in another vector store.
+        engine: ``local`` chunks and encodes in this process; ``ray`` runs both
+            as Ray Data pipelines (the config's ``ray`` section; see
+            :mod:`indexer.ray_engine`). Everything else is the same.
 
     Raises:
         CorpusError: nothing readable in the corpus.
@@ -99,6 +111,8 @@ def build_index(
     """
     from pipeline.pipeline import build_stage
 
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
     index_path = Path(index_path or config.index.params.path)
     index_path.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(index_path / LOCK), timeout=0)
@@ -120,27 +134,44 @@ def build_index(
         facts = embedding_manifest(config, embedder)
         times["load_model"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        chunks = _chunk(corpus.documents, config, embedder, show_progress)
-        times["chunk"] = time.perf_counter() - start
-        logger.info("%d documents -> %d chunks", len(corpus.documents), len(chunks))
+        with ExitStack() as stack:
+            ray_engine = None
+            if engine == "ray":
+                from indexer.ray_engine import RayEngine
 
-        previous = _load_previous(index_path, facts, strict=update) if (reuse or update) else None
-        start = time.perf_counter()
-        vectors, encoded = _embed(chunks, embedder, previous, show_progress)
-        times["encode"] = time.perf_counter() - start
+                start = time.perf_counter()
+                ray_engine = stack.enter_context(RayEngine(config.ray, index_path, show_progress=show_progress))
+                times["ray_start"] = time.perf_counter() - start
+            start = time.perf_counter()
+            if ray_engine is None:
+                chunks = _chunk(corpus.documents, config, embedder, show_progress)
+            else:
+                chunks = ray_engine.chunk(corpus.documents, config.embedder, config.chunking)
+            times["chunk"] = time.perf_counter() - start
+            logger.info("%d documents -> %d chunks", len(corpus.documents), len(chunks))
+
+            previous = _load_previous(index_path, facts, strict=update) if (reuse or update) else None
+            if previous is None and reuse and reuse_from is not None:
+                previous = _load_previous(Path(reuse_from), facts, strict=False)
+            start = time.perf_counter()
+            if ray_engine is None:
+                encode = partial(embedder.encode_documents, show_progress=show_progress)
+            else:
+                encode = partial(ray_engine.encode, embedder=config.embedder)
+            vectors, encoded = _embed(chunks, embedder.dimension, previous, encode)
+            times["encode"] = time.perf_counter() - start
         changes = _changes(chunks, previous, encoded)
 
         start = time.perf_counter()
         index = build_stage(config.index)
-        index.build(vectors)
+        index.build(vectors, chunks)
         times["index"] = time.perf_counter() - start
 
         start = time.perf_counter()
         manifest = Manifest(
             embedder=facts,
             chunking=config.chunking.model_dump(),
-            index={"type": config.index.type, "factory": config.index.params.factory, "metric": "inner_product"},
+            index={"type": config.index.type, **index.describe(), "metric": "inner_product"},
             counts={
                 "documents": len(corpus.documents),
                 "chunks": len(chunks),
@@ -176,20 +207,22 @@ def _chunk(documents: list[Document], config: PipelineConfig, embedder, show_pro
     )
 
 
-def _embed(chunks: list[Chunk], embedder, previous: _Previous | None, show_progress: bool) -> tuple[np.ndarray, list[int]]:
+def _embed(
+    chunks: list[Chunk], dimension: int, previous: _Previous | None, encode: Callable[[list[str]], np.ndarray]
+) -> tuple[np.ndarray, list[int]]:
     """Vectors for every chunk, in chunk order; returns them and the positions that were encoded."""
-    vectors = np.empty((len(chunks), embedder.dimension), dtype=np.float32)
-    encode: list[int] = []
+    vectors = np.empty((len(chunks), dimension), dtype=np.float32)
+    todo: list[int] = []
     for i, chunk in enumerate(chunks):
         row = previous.rows.get(chunk.text) if previous is not None else None
         if row is None:
-            encode.append(i)
+            todo.append(i)
         else:
             vectors[i] = previous.embeddings[row]
-    if encode:
-        logger.info("encoding %d of %d chunks (%d reused)", len(encode), len(chunks), len(chunks) - len(encode))
-        vectors[encode] = embedder.encode_documents([chunks[i].text for i in encode], show_progress=show_progress)
-    return vectors, encode
+    if todo:
+        logger.info("encoding %d of %d chunks (%d reused)", len(todo), len(chunks), len(chunks) - len(todo))
+        vectors[todo] = encode([chunks[i].text for i in todo])
+    return vectors, todo
 
 
 def _load_previous(index_path: Path, facts: dict, strict: bool) -> _Previous | None:
@@ -282,7 +315,10 @@ def corpus_hash(documents: list[Document]) -> str:
 
 def _library_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for package in ("faiss-cpu", "faiss-gpu-cu12", "torch", "sentence-transformers", "transformers", "numpy"):
+    for package in (
+        "faiss-cpu", "faiss-gpu-cu12", "torch", "sentence-transformers", "transformers", "numpy",
+        "pymilvus", "milvus-lite", "ray",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -294,6 +330,8 @@ def _remove_unfinished(index_path: Path) -> None:
     """Delete staging folders left by a build that was killed (we hold the lock)."""
     for item in index_path.glob("v-*.tmp"):
         logger.info("removing unfinished build %s", item)
+        _discard_version(item)
+    for item in index_path.glob(".ray-*"):  # Parquet of a killed --engine ray build
         shutil.rmtree(item, ignore_errors=True)
 
 
@@ -304,4 +342,12 @@ def _remove_old_versions(index_path: Path, keep: Path) -> None:
         if p.is_dir() and p.name not in (live, keep.name) and not p.name.endswith(".tmp")
     )
     for item in old[: max(len(old) - KEEP_PREVIOUS, 0)]:
-        shutil.rmtree(item, ignore_errors=True)
+        _discard_version(item)
+
+
+def _discard_version(version: Path) -> None:
+    """Delete a version folder, and first the Milvus collection it records when that lives on a server."""
+    from pipeline.milvus_index import drop_version_collection
+
+    drop_version_collection(version)
+    shutil.rmtree(version, ignore_errors=True)

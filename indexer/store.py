@@ -175,9 +175,10 @@ def load_index(index_path: Path, vectors: Any) -> IndexBundle:
 
 def publish_version(index_path: Path, version: Path) -> None:
     """Make ``version`` the live one: fsync its files, then replace ``CURRENT`` atomically."""
-    for item in version.iterdir():
-        _fsync_file(item)
-    _fsync_dir(version)
+    for folder, dirs, files in os.walk(version, topdown=False):  # a store may write subfolders (Milvus Lite)
+        for name in files:
+            _fsync_file(Path(folder) / name)
+        _fsync_dir(Path(folder))
     tmp = index_path / f".{CURRENT}.tmp"
     tmp.write_text(version.name + "\n", encoding="utf-8")
     _fsync_file(tmp)

@@ -22,7 +22,7 @@ from pipeline.errors import ConfigError
 
 STAGE_KINDS = ("embedder", "index", "retriever", "reranker")
 OPTIONAL_STAGES = ("reranker",)
-SECTIONS = (*STAGE_KINDS, "chunking")
+SECTIONS = (*STAGE_KINDS, "chunking", "ray")
 
 
 class StageParams(BaseModel):
@@ -53,6 +53,24 @@ class ChunkingParams(StageParams):
         return self
 
 
+class RayParams(StageParams):
+    """How ``build_index.py --engine ray`` runs chunking and encoding (Ray Data; see docs/scale.md).
+
+    ``address: null`` starts a local Ray on this machine for the build and stops
+    it after; an address (``auto``, ``ray://head:10001``) uses that cluster,
+    whose nodes must have the project installed. Encoding runs on a pool of
+    model actors: one per GPU when the cluster has GPUs, otherwise one per
+    ``cpus_per_actor`` CPUs (Ray gives each actor that many OpenMP threads).
+    """
+
+    address: str | None = None
+    actors: PositiveInt | None = None
+    cpus_per_actor: PositiveInt = 1
+    batch_size: PositiveInt = 256
+    output: str | None = None
+    temp_dir: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class StageConfig:
     """One validated stage section: its kind, registered type and params."""
@@ -79,11 +97,14 @@ class PipelineConfig:
     reranker: StageConfig | None
     chunking: ChunkingParams
     source: str = "<dict>"
+    ray: RayParams = RayParams()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {kind: getattr(self, kind).to_dict() for kind in ("embedder", "index", "retriever")}
         out["reranker"] = self.reranker.to_dict() if self.reranker else {"enabled": False}
         out["chunking"] = self.chunking.model_dump()
+        if self.ray != RayParams():  # only build-time settings; left out when default
+            out["ray"] = self.ray.model_dump()
         return out
 
 
@@ -144,6 +165,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConf
     for kind in STAGE_KINDS:
         stages[kind] = _parse_stage(kind, raw.get(kind), source)
     chunking = validate_params(ChunkingParams, raw.get("chunking") or {}, "chunking", source)
+    ray = validate_params(RayParams, raw.get("ray") or {}, "ray", source)
     retriever, reranker = stages["retriever"], stages["reranker"]
     top_k = retriever.params.top_k
     if reranker is not None and reranker.params.top_n > top_k:
@@ -158,6 +180,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConf
         reranker=reranker,
         chunking=chunking,
         source=source,
+        ray=ray,
     )
 
 

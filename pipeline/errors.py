@@ -74,3 +74,9 @@ class StageError(RagError):
         super().__init__(f"{kind} stage '{type_name}' failed: {type(cause).__name__}: {cause}")
         self.kind = kind
         self.type_name = type_name
+
+
+class ServiceUnavailableError(RagError):
+    """A server the pipeline needs (Milvus, a Ray cluster) cannot be reached, or a local database cannot be opened."""
+
+    exit_code = 1

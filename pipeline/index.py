@@ -58,8 +58,12 @@ class FaissIndex:
     def ntotal(self) -> int:
         return 0 if self._index is None else int(self._index.ntotal)
 
-    def build(self, vectors: np.ndarray) -> None:
-        """Create the index from scratch and add ``vectors`` (row i gets id i)."""
+    def describe(self) -> dict:
+        """What the index depends on (for the manifest and the evaluation cache key)."""
+        return {"factory": self.params.factory}
+
+    def build(self, vectors: np.ndarray, chunks=None) -> None:
+        """Create the index from scratch and add ``vectors`` (row i gets id i); the chunk store keeps ``chunks``."""
         import faiss
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)

@@ -60,6 +60,7 @@ def _load_builtin_stages() -> None:
     # light: stage modules import torch and friends only when a model loads.
     import pipeline.embedders.sentence_transformer  # noqa: F401
     import pipeline.index  # noqa: F401
+    import pipeline.milvus_index  # noqa: F401
     import pipeline.rerankers.cross_encoder  # noqa: F401
     import pipeline.retrievers.bm25  # noqa: F401
     import pipeline.retrievers.dense  # noqa: F401

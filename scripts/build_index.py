@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Index a corpus folder: python scripts/build_index.py CORPUS_DIR [--config FILE] [--index DIR]."""
+"""Index a corpus folder: python scripts/build_index.py CORPUS_DIR [--config FILE] [--index DIR] [--engine ray]."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--no-reuse", action="store_true", help="re-encode every chunk, even unchanged ones")
     parser.add_argument("--max-file-mb", type=float, default=None, help="skip .txt/.md files larger than this (default 32)")
+    parser.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="where chunking and encoding run: this process (default) or Ray Data (the config's 'ray' section)",
+    )
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
@@ -35,7 +39,7 @@ def main(argv=None) -> int:
     config = load_config(args.config, args.overrides)
     report = build_index(
         args.corpus, config, args.index, update=args.update, reuse=not args.no_reuse,
-        show_progress=show_progress(), max_file_mb=args.max_file_mb or MAX_FILE_MB,
+        show_progress=show_progress(), max_file_mb=args.max_file_mb or MAX_FILE_MB, engine=args.engine,
     )
     m = report.manifest
     seconds = m.build_seconds

@@ -1,7 +1,7 @@
 """Evaluation indexes, built once and reused: keyed by corpus content + embedder + chunking.
 
 Two configs that agree on what goes into the vectors (the corpus, the
-embedder's model and document settings, the chunking and the FAISS factory)
+embedder's model and document settings, the chunking and the vector index settings)
 share one index, so an ablation of retrievers and rerankers encodes the
 corpus once, and a second run of the same collection encodes nothing.
 """
@@ -36,7 +36,7 @@ def index_key(config: PipelineConfig, corpus_sha256: str) -> dict[str, Any]:
             "document_prompt": embedder.document_prompt,
         },
         "chunking": config.chunking.model_dump(),
-        "index": {"type": config.index.type, "factory": config.index.params.factory},
+        "index": {"type": config.index.type, **config.index.cls(config.index.params).describe()},
     }
 
 
@@ -72,6 +72,25 @@ def ensure_index(
     except (IndexMissingError, FileNotFoundError, ValueError):
         pass
     logger.info("building index %s (%s, chunking %s)", index_path, key["embedder"]["model"], key["chunking"])
-    report = build_index(corpus_path, config, index_path, show_progress=show_progress)
+    sibling = _same_vectors(index_path, key)
+    report = build_index(corpus_path, config, index_path, show_progress=show_progress, reuse_from=sibling)
     key_file.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return index_path, float(sum(report.manifest.build_seconds.values()))
+
+
+def _same_vectors(index_path: Path, key: dict[str, Any]) -> Path | None:
+    """A cached index of the same collection with the same vectors in another store (only ``index`` differs).
+
+    Its vectors are reused, so comparing stores (FAISS vs Milvus) encodes the corpus once.
+    """
+    want = {k: v for k, v in key.items() if k != "index"}
+    for key_file in sorted(index_path.parent.glob("*/eval-key.json")):
+        if key_file.parent == index_path:
+            continue
+        try:
+            stored = json.loads(key_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if {k: v for k, v in stored.items() if k != "index"} == want:
+            return key_file.parent
+    return None
