@@ -32,6 +32,7 @@ import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -299,8 +300,9 @@ class FirstStage:
         self.collection = collection
         self.cache_dir = Path(cache_dir)
 
+    @cached_property
     def index_path(self) -> Path:
-        """The index of this collection's corpus under ``cache_dir``, built on first use.
+        """The index of this collection's corpus under ``cache_dir``, built on first use (read and hashed once).
 
         The same cache as ``scripts/evaluate.py`` (keyed by corpus, embedder, chunking and
         index type), so training and evaluation encode a corpus once between them.
@@ -318,7 +320,7 @@ class FirstStage:
     def pipeline(self, retriever: Mapping[str, Any] | None = None):
         from pipeline.pipeline import Pipeline
 
-        path = self.index_path()
+        path = self.index_path
         config = self.config
         if retriever is not None:
             raw = config.to_dict()
@@ -344,11 +346,9 @@ class FirstStage:
             ranked.append(list(seen.items())[:top_k])
         return ranked
 
-    @property
+    @cached_property
     def _default(self):
-        if not hasattr(self, "_pipe"):
-            self._pipe = self.pipeline()
-        return self._pipe
+        return self.pipeline()
 
 
 # --------------------------------------------------------------------------- training
