@@ -228,7 +228,9 @@ class RayEngine:
         """Actor pool options: one actor per GPU for encoding when there are GPUs, else one per ``cpus_per_actor`` CPUs."""
         resources = self._ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if gpu else 0
+        pool = self._ray.data.ActorPoolStrategy
         if gpus:
-            return {"num_gpus": 1, "concurrency": self.params.actors or gpus}
+            return {"num_gpus": 1, "compute": pool(size=self.params.actors or gpus)}
         per_actor = self.params.cpus_per_actor
-        return {"num_cpus": per_actor, "concurrency": self.params.actors or max(1, int(resources.get("CPU", 1)) // per_actor)}
+        size = self.params.actors or max(1, int(resources.get("CPU", 1)) // per_actor)
+        return {"num_cpus": per_actor, "compute": pool(size=size)}

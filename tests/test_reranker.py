@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import parse_config
+from pipeline.config import load_config, parse_config
+from pipeline.errors import ConfigError
 from pipeline.pipeline import build_stage
 from pipeline.rerankers.cross_encoder import CrossEncoderReranker
 from pipeline.types import Hit
@@ -103,6 +104,29 @@ def test_int8_path_scores_close_to_fp32(tiny_reranker_dir):
     a, b = exact.score("vitamin D", PASSAGES), int8.score("vitamin D", PASSAGES)
     assert np.max(np.abs(a - b)) < 0.05
     assert not np.array_equal(a, b), "the int8 path should really run quantized layers"
+
+
+def test_int8_keeps_skipped_layers_in_fp32(tiny_reranker_dir):
+    import torch
+
+    def linear_kinds(params):
+        stage = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", **params))
+        stage.model
+        return {name: type(m).__module__.startswith("torch.ao") for name, m in stage._network.named_modules()
+                if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear"}
+
+    default = linear_kinds({"quantize": "int8"})
+    ffn_out = {n for n in default if n.endswith("output.dense") and "attention" not in n}
+    assert ffn_out and not any(default[n] for n in ffn_out), "feed-forward outputs stay fp32 by default"
+    assert all(q for n, q in default.items() if n not in ffn_out), "every other linear layer is int8"
+    assert all(linear_kinds({"quantize": "int8", "quantize_skip": []}).values())
+
+
+def test_bad_quantize_skip_is_a_config_error(tiny_reranker_dir):
+    from conftest import ROOT
+
+    with pytest.raises(ConfigError, match="quantize_skip"):
+        load_config(ROOT / "configs" / "eval" / "dense-rerank.yaml", ["reranker.quantize_skip=['(']"])
 
 
 def test_length_sorted_batches_restore_order_and_back_off():

@@ -10,7 +10,10 @@ sigmoid so they fall in 0..1. The model is loaded with sentence-transformers'
 * pairs are sorted by token length and padded per batch, under
   ``torch.inference_mode``; the scores come back in input order;
 * fp16 on CUDA (``use_fp16``), never on the CPU; ``quantize: int8`` runs the
-  linear layers as dynamic int8 on the CPU (faster, slightly different scores);
+  linear layers as dynamic int8 on the CPU (weights per output channel, faster,
+  slightly different scores), except those matching ``quantize_skip``: by
+  default the feed-forward output projections, whose GELU inputs have outliers
+  that one int8 scale per tensor cannot hold (benchmarks/README.md measures it);
 * a CUDA out-of-memory error halves the batch and retries instead of failing;
 * ``weight < 1`` mixes in the first stage's (normalized) score, a cheap guard for
   a weak cross-encoder; the weight is chosen on held-out queries, never on test.
@@ -39,6 +42,16 @@ from pipeline.types import Hit
 logger = logging.getLogger(__name__)
 
 
+def _check_regex(pattern: str) -> str:
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression ({exc})") from None
+    return pattern
+
+
 @register("reranker", "cross-encoder")
 class CrossEncoderReranker:
     """Rescore candidates with a cross-encoder and keep the best ``top_n``."""
@@ -51,6 +64,9 @@ class CrossEncoderReranker:
         use_fp16: bool = True
         query_max_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
         quantize: Literal["none", "int8"] = "none"
+        # regexes over module names (re.search) left in fp32 under int8; BERT and XLM-R name the
+        # feed-forward output projection encoder.layer.N.output.dense
+        quantize_skip: list[Annotated[str, AfterValidator(_check_regex)]] = [r"encoder\.layer\.\d+\.output\.dense$"]
         weight: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
         device: Annotated[str, AfterValidator(check_device_name)] = "auto"
 
@@ -79,7 +95,7 @@ class CrossEncoderReranker:
                 # torch marks eager dynamic quantization deprecated (torchao replaces it); torch is
                 # pinned, and this path is measured in benchmarks/README.md, so users get no warning
                 warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-                self._network = torch.ao.quantization.quantize_dynamic(hf_model, {torch.nn.Linear}, dtype=torch.qint8)
+                self._network = quantize_int8(hf_model, self.params.quantize_skip)
         else:
             self._network = hf_model
         model.eval()
@@ -162,3 +178,22 @@ def _empty_cuda_cache() -> None:
 def _min_max(values: np.ndarray) -> np.ndarray:
     span = float(values.max() - values.min())
     return (values - values.min()) / span if span > 0 else np.ones_like(values)
+
+
+def quantize_int8(network, skip: Sequence[str] = ()):
+    """A copy of ``network`` with its ``nn.Linear`` layers as dynamic int8 (per-channel weights).
+
+    Layers whose module name matches a regex in ``skip`` stay in fp32.
+    """
+    import re
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    patterns = [re.compile(p) for p in skip]
+    spec = {name: per_channel_dynamic_qconfig for name, module in network.named_modules()
+            if isinstance(module, torch.nn.Linear) and not any(p.search(name) for p in patterns)}
+    if not spec:
+        raise ConfigError(f"reranker.quantize_skip {list(skip)} leaves no linear layer to quantize")
+    return quantize_dynamic(network, spec, dtype=torch.qint8)
+
