@@ -12,6 +12,7 @@
 
     python benchmarks/bench_store.py                        # both, 100k vectors, 500 documents
     python benchmarks/bench_store.py --part store --n 20000 # quicker
+    python benchmarks/bench_store.py --part ray --set ray.cpus_per_actor=2  # one 2-thread actor
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def search_in_this_process(version: Path, name: str) -> None:
     print(json.dumps({"open_s": open_s, "qps": qps, "recall": recall, "rss": rss}))
 
 
-def ray_rows(n_docs: int, repeats: int, work: Path) -> list[dict]:
+def ray_rows(n_docs: int, repeats: int, work: Path, overrides: list[str]) -> list[dict]:
     from bench_index import write_subset
 
     from indexer.build import build_index
@@ -115,7 +116,7 @@ def ray_rows(n_docs: int, repeats: int, work: Path) -> list[dict]:
 
     corpus = work / "corpus"
     write_subset(corpus, n_docs)
-    config = load_config(ROOT / "configs" / "offline.yaml", ["reranker.enabled=false"])
+    config = load_config(ROOT / "configs" / "offline.yaml", ["reranker.enabled=false", *overrides])
     rows = []
     for repeat in range(repeats):
         versions = {}
@@ -156,6 +157,8 @@ def main() -> int:
                         help="stores to compare; 'milvus-lite IVF_FLAT' too (slow inserts)")
     parser.add_argument("--docs", type=int, default=500, help="SciFact documents for the Ray comparison")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the Ray comparison (e.g. ray.cpus_per_actor=2)")
     parser.add_argument("--search", type=Path, help=argparse.SUPPRESS)  # internal: the reader process
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,9 +198,10 @@ def main() -> int:
                 print("\nray: skipped, ../shared/data/scifact is absent")
                 return 0
             start = time.perf_counter()
-            rows = ray_rows(args.docs, args.repeats, work / "ray")
+            rows = ray_rows(args.docs, args.repeats, work / "ray", args.set)
             print(f"\nSciFact first {args.docs} documents -> {rows[0]['chunks']} chunks, configs/offline.yaml "
-                  f"(128-token chunks), fresh index, no reuse ({time.perf_counter() - start:.0f}s)\n")
+                  f"(128-token chunks){', ' + ' '.join(args.set) if args.set else ''}, fresh index, no reuse "
+                  f"({time.perf_counter() - start:.0f}s)\n")
             print("| engine | run | ray start s | chunk s | encode s | total wall s |")
             print("|---|---:|---:|---:|---:|---:|")
             for r in rows:

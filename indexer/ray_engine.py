@@ -184,7 +184,7 @@ class RayEngine:
         (
             self._dataset(table)
             .map_batches(_Chunker, fn_constructor_kwargs={"embedder": embedder, "chunking": chunking},
-                         batch_size=self.params.batch_size, batch_format="pyarrow", **self._pool(gpu=False))
+                         batch_size=self.params.batch_size, batch_format="pyarrow", **self._pool(gpu=False, rows=table.num_rows))
             .write_parquet(str(out))
         )
         records = pq.read_table(out).sort_by([("doc_index", "ascending"), ("position", "ascending")]).to_pydict()
@@ -206,7 +206,7 @@ class RayEngine:
         (
             self._dataset(table)
             .map_batches(_Encoder, fn_constructor_kwargs={"embedder": embedder},
-                         batch_size=self.params.batch_size, batch_format="pyarrow", **self._pool(gpu=True))
+                         batch_size=self.params.batch_size, batch_format="pyarrow", **self._pool(gpu=True, rows=table.num_rows))
             .write_parquet(str(out))
         )
         result = pq.read_table(out)
@@ -224,13 +224,17 @@ class RayEngine:
         blocks = [table.slice(start, step) for start in range(0, max(table.num_rows, 1), step)]
         return self._ray.data.from_arrow(blocks)
 
-    def _pool(self, gpu: bool) -> dict[str, Any]:
-        """Actor pool options: one actor per GPU for encoding when there are GPUs, else one per ``cpus_per_actor`` CPUs."""
+    def _pool(self, gpu: bool, rows: int) -> dict[str, Any]:
+        """Actor pool options: one actor per GPU for encoding when there are GPUs, else one per ``cpus_per_actor`` CPUs.
+
+        Never more actors than blocks of ``batch_size`` rows: an actor without a block only costs its start-up.
+        """
+        blocks = max(1, -(-rows // self.params.batch_size))
         resources = self._ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if gpu else 0
         pool = self._ray.data.ActorPoolStrategy
         if gpus:
-            return {"num_gpus": 1, "compute": pool(size=self.params.actors or gpus)}
+            return {"num_gpus": 1, "compute": pool(size=min(blocks, self.params.actors or gpus))}
         per_actor = self.params.cpus_per_actor
         size = self.params.actors or max(1, int(resources.get("CPU", 1)) // per_actor)
-        return {"num_cpus": per_actor, "compute": pool(size=size)}
+        return {"num_cpus": per_actor, "compute": pool(size=min(blocks, size))}

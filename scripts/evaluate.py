@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=42, help="seed of the --max-queries subset (default 42)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval/<collection>-<time>)")
     parser.add_argument("--cache", default=str(ROOT / "runs" / "cache"), help="where evaluation indexes are kept")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="how missing indexes are built: in this process (default) or on Ray (as build_index.py)")
     parser.add_argument("--stat-test", choices=("student", "fisher"), default="student",
                         help="paired test between configs: t-test (student) or randomization (fisher)")
     parser.add_argument("--max-p", type=float, default=0.05, help="significance level (default 0.05)")
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
         collection = collection.sample(args.max_queries, args.seed)
     specs = parse_config_specs(args.configs, args.overrides)
     report = evaluate_configs(collection, specs, args.cache, stat_test=args.stat_test, max_p=args.max_p,
-                              show_progress=show_progress())
+                              show_progress=show_progress(), engine=args.engine)
     out = Path(args.out) if args.out else ROOT / "runs" / "eval" / f"{collection.name}-{datetime.now():%Y%m%d-%H%M%S}"
     command = "python scripts/evaluate.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     paths = write_outputs(report, out, command)

@@ -89,3 +89,26 @@ def test_ray_section_is_validated_and_round_trips():
     config = parse_config({**raw, "ray": {"address": "ray://head:10001", "cpus_per_actor": 2}})
     assert parse_config(config.to_dict()).ray == config.ray
     assert "ray" not in parse_config(raw).to_dict()  # default settings stay out of reports
+
+
+def test_evaluate_on_a_ray_built_index_matches_the_local_one(tmp_path, tiny_embedder_dir, short_tmp):
+    import json
+
+    from tests.test_cli import load_script
+    from tests.test_evaluation import TINY_COLLECTION, write_collection
+
+    t = TINY_COLLECTION
+    data = write_collection(tmp_path / "tiny", t["docs"], t["queries"], t["qrels"])
+    config = write_config(tmp_path / "dense.yaml", str(tiny_embedder_dir), tmp_path / "unused",
+                          retriever={"type": "dense", "top_k": 5}, chunking={"enabled": False},
+                          ray={"temp_dir": str(short_tmp)})
+    evaluate = load_script("evaluate")
+    metrics = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"out-{engine}"
+        assert evaluate.main(["--data", str(data), "--config", str(config), "--engine", engine, "--out", str(out),
+                              "--cache", str(tmp_path / f"cache-{engine}")]) == 0
+        report = json.loads((out / "results.json").read_text())
+        assert report["configs"][0]["index"]["build_seconds"] > 0  # each engine built its own index
+        metrics[engine] = report["configs"][0]["metrics"]
+    assert metrics["ray"] == pytest.approx(metrics["local"], abs=1e-9)

@@ -51,9 +51,13 @@ def cached_index_path(cache_dir: Path, collection: str, key: dict[str, Any]) -> 
 
 
 def ensure_index(
-    corpus_path: Path, config: PipelineConfig, index_path: Path, key: dict[str, Any], *, show_progress: bool = False
+    corpus_path: Path, config: PipelineConfig, index_path: Path, key: dict[str, Any], *, show_progress: bool = False,
+    engine: str = "local",
 ) -> tuple[Path, float]:
     """Build the index at ``index_path`` unless a finished one with the same key is there.
+
+    ``engine`` builds it in this process (``local``) or on Ray (``ray``); the vectors are the same
+    within float rounding, so the engine is not part of the key.
 
     Returns:
         The index path and the seconds spent building it (0.0 when reused).
@@ -73,7 +77,8 @@ def ensure_index(
         pass
     logger.info("building index %s (%s, chunking %s)", index_path, key["embedder"]["model"], key["chunking"])
     sibling = _same_vectors(index_path, key)
-    report = build_index(corpus_path, config, index_path, show_progress=show_progress, reuse_from=sibling)
+    report = build_index(corpus_path, config, index_path, show_progress=show_progress, reuse_from=sibling,
+                         engine=engine)
     key_file.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return index_path, float(sum(report.manifest.build_seconds.values()))
 

@@ -203,10 +203,12 @@ def first_stage_metrics(configs: Sequence[PipelineConfig]) -> list[str]:
 class Evaluator:
     """Runs configs over one collection, sharing indexes, models and reranker scores among them."""
 
-    def __init__(self, collection: Collection, cache_dir: Path, *, show_progress: bool = False) -> None:
+    def __init__(self, collection: Collection, cache_dir: Path, *, show_progress: bool = False,
+                 engine: str = "local") -> None:
         self.collection = collection
         self.cache_dir = Path(cache_dir)
         self.show_progress = show_progress
+        self.engine = engine
         self._corpus_sha: str | None = None
         self._embedders: dict[str, Any] = {}
         self._bundles: dict[Path, Any] = {}
@@ -227,7 +229,8 @@ class Evaluator:
         """Build or reuse the index this config needs; returns its description."""
         key = index_key(config, self.corpus_sha)
         path = cached_index_path(self.cache_dir, self.collection.name, key)
-        _, seconds = ensure_index(self.collection.corpus_path, config, path, key, show_progress=self.show_progress)
+        _, seconds = ensure_index(self.collection.corpus_path, config, path, key, show_progress=self.show_progress,
+                                  engine=self.engine)
         self.build_seconds[str(path)] = self.build_seconds.get(str(path), 0.0) + seconds
         return {"path": str(path), "digest": index_digest(key), "key": key, "build_seconds": round(seconds, 2)}
 
@@ -319,8 +322,11 @@ def evaluate_configs(
     stat_test: str = "student",
     max_p: float = 0.05,
     show_progress: bool = False,
+    engine: str = "local",
 ) -> EvaluationReport:
     """Evaluate every config on every judged query of ``collection``; see the module docstring.
+
+    ``engine`` (``local`` or ``ray``) builds missing indexes in this process or on Ray.
 
     The first config is the baseline of the comparisons shown first; all pairs are tested.
 
@@ -342,7 +348,7 @@ def evaluate_configs(
         resolve_model(config.embedder.params.model, "embedder.model")
         if config.reranker is not None:
             resolve_model(config.reranker.params.model, "reranker.model")
-    evaluator = Evaluator(collection, Path(cache_dir), show_progress=show_progress)
+    evaluator = Evaluator(collection, Path(cache_dir), show_progress=show_progress, engine=engine)
     indexes = [evaluator.prepare(spec, config) for spec, config in zip(specs, configs)]
     seconds["index"] = time.perf_counter() - start
     results = []
