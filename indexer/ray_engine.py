@@ -184,7 +184,8 @@ class RayEngine:
         (
             self._dataset(table)
             .map_batches(_Chunker, fn_constructor_kwargs={"embedder": embedder, "chunking": chunking},
-                         batch_size=self.params.batch_size, batch_format="pyarrow", **self._pool(gpu=False, rows=table.num_rows))
+                         batch_size=self.params.batch_size, batch_format="pyarrow",
+                         **self._pool(gpu=False, rows=table.num_rows))
             .write_parquet(str(out))
         )
         records = pq.read_table(out).sort_by([("doc_index", "ascending"), ("position", "ascending")]).to_pydict()
@@ -206,7 +207,8 @@ class RayEngine:
         (
             self._dataset(table)
             .map_batches(_Encoder, fn_constructor_kwargs={"embedder": embedder},
-                         batch_size=self.params.batch_size, batch_format="pyarrow", **self._pool(gpu=True, rows=table.num_rows))
+                         batch_size=self.params.batch_size, batch_format="pyarrow",
+                         **self._pool(gpu=True, rows=table.num_rows))
             .write_parquet(str(out))
         )
         result = pq.read_table(out)

@@ -212,8 +212,7 @@ class Evaluator:
         self._corpus_sha: str | None = None
         self._embedders: dict[str, Any] = {}
         self._bundles: dict[Path, Any] = {}
-        self._rerankers: dict[str, Any] = {}  # scoring settings -> the loaded reranker stage
-        self._caches: dict[str, ScoreCache] = {}
+        self._scorers: dict[str, tuple[Any, ScoreCache]] = {}  # scoring settings -> loaded stage, its scores
         self.build_seconds: dict[str, float] = {}
 
     @property
@@ -254,10 +253,9 @@ class Evaluator:
             # one loaded model and one score cache: each pair is scored once.
             settings = {k: v for k, v in config.reranker.to_dict().items() if k not in ("top_n", "weight")}
             reranker_key = json.dumps(settings, sort_keys=True)
-            scorer = self._rerankers.get(reranker_key)
-            if scorer is None:
-                scorer = self._rerankers[reranker_key] = build_stage(config.reranker)
-            cache = self._caches.setdefault(reranker_key, ScoreCache())
+            if reranker_key not in self._scorers:
+                self._scorers[reranker_key] = (build_stage(config.reranker), ScoreCache())
+            scorer, cache = self._scorers[reranker_key]
             stages["reranker"] = CachedReranker(scorer, cache, config.reranker.params)
         return Pipeline(config, index_path, stages=stages).load()
 
@@ -294,8 +292,8 @@ class Evaluator:
 
     def reranker_pairs(self) -> dict[str, int]:
         return {
-            "computed": sum(c.computed for c in self._caches.values()),
-            "reused": sum(c.reused for c in self._caches.values()),
+            "computed": sum(c.computed for _, c in self._scorers.values()),
+            "reused": sum(c.reused for _, c in self._scorers.values()),
         }
 
 

@@ -21,6 +21,7 @@ sigmoid so they fall in 0..1. The model is loaded with sentence-transformers'
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
@@ -42,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 
 def _check_regex(pattern: str) -> str:
-    import re
-
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -184,8 +183,6 @@ def quantize_int8(network, skip: Sequence[str] = ()):
 
     Layers whose module name matches a regex in ``skip`` stay in fp32.
     """
-    import re
-
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -195,4 +192,3 @@ def quantize_int8(network, skip: Sequence[str] = ()):
     if not spec:
         raise ConfigError(f"reranker.quantize_skip {list(skip)} leaves no linear layer to quantize")
     return quantize_dynamic(network, spec, dtype=torch.qint8)
-
