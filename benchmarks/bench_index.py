@@ -48,9 +48,9 @@ def main() -> int:
         return 0
     header(f"Index builds on {args.docs} SciFact documents")
     from indexer.build import build_index
-    from indexer.store import load_index
     from pipeline.config import load_config
     from pipeline.pipeline import build_stage
+    from pipeline.store import load_index
 
     config = load_config(args.config)
     work = Path(tempfile.mkdtemp(prefix="bench-index-"))

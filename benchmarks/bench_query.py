@@ -14,7 +14,6 @@ import argparse
 import time
 
 import numpy as np
-
 from common import ROOT, SHARED_DATA, header
 
 DEFAULT_VARIANTS = [
@@ -36,11 +35,11 @@ def main() -> int:
         print(f"skipped: {SHARED_DATA / 'scifact'} is absent")
         return 0
     header("End-to-end ask latency, SciFact test queries, offline config")
+    from evaluation.collection import load_collection
+    from evaluation.indexes import cached_index_path, ensure_index, index_key
     from indexer.build import corpus_hash
     from indexer.corpus import read_corpus
     from pipeline.config import load_config
-    from pipeline.evaluation.collection import load_collection
-    from pipeline.evaluation.indexes import cached_index_path, ensure_index, index_key
     from pipeline.pipeline import Pipeline
 
     collection = load_collection(SHARED_DATA / "scifact", "test")

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import ROOT, SHARED_DATA, cpu_flags, header
 
 
@@ -50,11 +49,11 @@ def pair_flops(n_tokens: int, layers: int, hidden: int, inter: int) -> float:
 
 
 def candidate_lists(n_queries: int) -> list[tuple[str, list[str]]]:
-    from pipeline.config import load_config
-    from pipeline.evaluation.collection import load_collection
-    from pipeline.evaluation.indexes import cached_index_path, ensure_index, index_key
+    from evaluation.collection import load_collection
+    from evaluation.indexes import cached_index_path, ensure_index, index_key
     from indexer.build import corpus_hash
     from indexer.corpus import read_corpus
+    from pipeline.config import load_config
     from pipeline.pipeline import Pipeline
 
     collection = load_collection(SHARED_DATA / "scifact", "test")

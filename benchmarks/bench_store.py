@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_ann import synthetic
 from common import ROOT, SHARED_DATA, header
 
@@ -140,7 +139,7 @@ def ray_rows(n_docs: int, repeats: int, work: Path, overrides: list[str]) -> lis
 
 
 def same_index(a: Path, b: Path) -> dict:
-    from indexer.store import CHUNKS, EMBEDDINGS, ChunkStore
+    from pipeline.store import CHUNKS, EMBEDDINGS, ChunkStore
 
     chunks = [ChunkStore(v / CHUNKS).doc_texts() for v in (a, b)]
     return {"chunks": chunks[0] == chunks[1],

@@ -29,9 +29,18 @@ from tqdm.auto import tqdm
 
 from indexer.chunking import chunk_documents
 from indexer.corpus import MAX_FILE_MB, read_corpus
-from indexer.store import CHUNKS, CURRENT, EMBEDDINGS, ChunkStore, Manifest, current_version, publish_version
 from pipeline.config import PipelineConfig
 from pipeline.errors import IndexLockedError, IndexMismatchError, IndexMissingError, InputError
+from pipeline.store import (
+    CHUNKS,
+    CURRENT,
+    EMBEDDINGS,
+    ChunkStore,
+    Manifest,
+    current_version,
+    discard_version,
+    publish_version,
+)
 from pipeline.types import Chunk, Document
 
 logger = logging.getLogger(__name__)
@@ -330,7 +339,7 @@ def _remove_unfinished(index_path: Path) -> None:
     """Delete staging folders left by a build that was killed (we hold the lock)."""
     for item in index_path.glob("v-*.tmp"):
         logger.info("removing unfinished build %s", item)
-        _discard_version(item)
+        discard_version(item)
     for item in index_path.glob(".ray-*"):  # Parquet of a killed --engine ray build
         shutil.rmtree(item, ignore_errors=True)
 
@@ -342,12 +351,6 @@ def _remove_old_versions(index_path: Path, keep: Path) -> None:
         if p.is_dir() and p.name not in (live, keep.name) and not p.name.endswith(".tmp")
     )
     for item in old[: max(len(old) - KEEP_PREVIOUS, 0)]:
-        _discard_version(item)
+        discard_version(item)
 
 
-def _discard_version(version: Path) -> None:
-    """Delete a version folder, and first the Milvus collection it records when that lives on a server."""
-    from pipeline.milvus_index import drop_version_collection
-
-    drop_version_collection(version)
-    shutil.rmtree(version, ignore_errors=True)

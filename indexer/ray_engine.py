@@ -41,7 +41,7 @@ CHUNK_COLUMNS = ("doc_index", "position", "chunk_id", "doc_id", "text", "source"
 def _import_ray():
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise MissingDependencyError("ray", "scale", "build_index.py --engine ray") from None
     return ray

@@ -42,7 +42,7 @@ def run_length_sorted(
         indices = order[start : start + batch_size]
         try:
             out[indices] = call(indices)
-        except Exception as exc:  # noqa: BLE001 - narrowed by is_oom, anything else re-raised
+        except Exception as exc:
             if not is_oom(exc) or batch_size == 1:
                 raise
             on_oom()

@@ -15,20 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, PositiveInt, ValidationError, model_validator
 
 from pipeline import registry
 from pipeline.errors import ConfigError
+from pipeline.params import StageParams
 
 STAGE_KINDS = ("embedder", "index", "retriever", "reranker")
 OPTIONAL_STAGES = ("reranker",)
 SECTIONS = (*STAGE_KINDS, "chunking", "ray")
-
-
-class StageParams(BaseModel):
-    """Base of every stage's ``Params``: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ChunkingParams(StageParams):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from functools import cached_property
@@ -11,6 +12,8 @@ from typing import Any
 
 from pipeline.config import PipelineConfig, StageConfig, load_config
 from pipeline.errors import ConfigError, IndexMismatchError, InputError, RagError, StageError
+from pipeline.protocols import Embedder, Reranker, Retriever
+from pipeline.store import IndexBundle, load_index
 from pipeline.types import PipelineResult
 
 logger = logging.getLogger(__name__)
@@ -19,13 +22,25 @@ DEFAULT_TOP_N = 5
 STAGE_ATTRIBUTES = ("embedder", "index", "retriever", "reranker")
 
 
-def build_stage(stage: StageConfig, **deps: Any):
-    """Instantiate a configured stage (cheap: models load on first use)."""
-    return stage.cls(stage.params, **deps)
+def build_stage(stage: StageConfig, **available: Any):
+    """Instantiate a configured stage (cheap: models load in ``load()`` or on first use).
+
+    A retriever gets the stages its class ``requires`` (``embedder``, ``index``) from ``available``.
+    """
+    cls = stage.cls
+    if stage.kind != "retriever":
+        return cls(stage.params)
+    missing = [name for name in cls.requires if name not in available]
+    if missing:
+        raise ValueError(f"retriever {stage.type!r} needs {', '.join(missing)}")
+    return cls(stage.params, **{name: available[name] for name in cls.requires})
 
 
 class Pipeline:
     """Retrieve-then-rerank over a built index.
+
+    Stages are built on first use and loaded once, under a lock, so one pipeline
+    can serve queries from several threads.
 
     Example:
         >>> pipe = Pipeline.from_yaml("configs/offline.yaml")
@@ -39,10 +54,12 @@ class Pipeline:
     ) -> None:
         """``stages`` optionally hands in already-built stages by name (``embedder``, ``index``,
         ``retriever``, ``reranker``) so several pipelines can share loaded models and indexes, as
-        :mod:`pipeline.evaluation` does; a given ``index`` is used as is (its manifest is not re-checked).
+        :mod:`evaluation` does; a given ``index`` is used as is (its manifest is not re-checked).
         """
         self.config = config
         self.index_path = Path(index_path or config.index.params.path)
+        self._lock = threading.RLock()
+        self._loaded = False
         for name, stage in (stages or {}).items():
             if name not in STAGE_ATTRIBUTES:
                 raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_ATTRIBUTES)}")
@@ -56,25 +73,29 @@ class Pipeline:
         return cls(load_config(path, overrides), index_path)
 
     @cached_property
-    def embedder(self):
+    def embedder(self) -> Embedder:
         return build_stage(self.config.embedder)
 
     @cached_property
-    def index(self):
+    def index(self) -> IndexBundle:
         """The loaded index, checked against the config."""
-        from indexer.store import load_index
-
         bundle = load_index(self.index_path, build_stage(self.config.index))
-        check_manifest(bundle.manifest, self.config, self.embedder, self.index_path)
+        embedder = self.embedder if "embedder" in self._retriever_needs else None
+        check_manifest(bundle.manifest, self.config, embedder, self.index_path)
         return bundle
 
     @cached_property
-    def retriever(self):
-        return build_stage(self.config.retriever, embedder=self.embedder, index=self.index)
+    def retriever(self) -> Retriever:
+        deps = {name: getattr(self, name) for name in self._retriever_needs}
+        return build_stage(self.config.retriever, **deps)
 
     @cached_property
-    def reranker(self):
+    def reranker(self) -> Reranker | None:
         return build_stage(self.config.reranker) if self.config.reranker is not None else None
+
+    @property
+    def _retriever_needs(self) -> tuple[str, ...]:
+        return tuple(self.config.retriever.cls.requires)
 
     @property
     def top_k(self) -> int:
@@ -84,36 +105,58 @@ class Pipeline:
     def top_n(self) -> int:
         return self.config.reranker.params.top_n if self.config.reranker is not None else DEFAULT_TOP_N
 
+    @property
+    def version(self) -> str:
+        """The name of the index version this pipeline reads."""
+        return self.index.version_dir.name
+
     def load(self) -> Pipeline:
-        """Load every model and the index now rather than on the first query."""
-        _ = self.retriever, self.embedder.model
-        load = getattr(self.retriever, "load", None)
-        if load is not None:  # e.g. the BM25 index, built from the chunk store
-            load()
-        if self.reranker is not None:
-            _ = self.reranker.model
+        """Load every model and the index now rather than on the first query (once; thread-safe)."""
+        if self._loaded:
+            return self
+        with self._lock:
+            if not self._loaded:
+                self.retriever.load()
+                if self.reranker is not None:
+                    self.reranker.load()
+                self._loaded = True
         return self
 
-    def ask(self, query: str, top_k: int | None = None, top_n: int | None = None) -> PipelineResult:
+    def ask(
+        self,
+        query: str,
+        top_k: int | None = None,
+        top_n: int | None = None,
+        *,
+        rerank: bool = True,
+        weight: float | None = None,
+    ) -> PipelineResult:
         """Retrieve ``top_k`` candidates for ``query`` and rerank them down to ``top_n``.
 
+        Args:
+            top_k, top_n: override the config's ``retriever.top_k`` / ``reranker.top_n`` (None: use them).
+            rerank: False skips a configured reranker for this call (the first stage's list is the answer).
+            weight: the reranker's share of the final score for this call (default ``reranker.weight``).
+
         Raises:
-            InputError: the query is empty or only whitespace.
+            InputError: the query is empty or only whitespace, or ``top_k``/``top_n``/``weight`` is out of range.
         """
         query = validate_query(query)
-        top_k = top_k or self.top_k
-        top_n = top_n or self.top_n
+        top_k = self.top_k if top_k is None else _positive("top_k", top_k)
+        top_n = self.top_n if top_n is None else _positive("top_n", top_n)
         if top_n > top_k:
             raise InputError(f"top_n ({top_n}) is larger than top_k ({top_k})")
+        if weight is not None and not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
+            raise InputError(f"weight must be a number from 0 to 1, got {weight!r}")
         self.load()
         timings: dict[str, float] = {}
         start = time.perf_counter()
         retrieved = self._run("retriever", lambda: self.retriever.search([query], top_k, timings)[0])
         timings["retrieve"] = time.perf_counter() - start
         reranked = None
-        if self.reranker is not None:
+        if self.reranker is not None and rerank:
             begin = time.perf_counter()
-            reranked = self._run("reranker", lambda: self.reranker.rerank(query, retrieved, top_n))
+            reranked = self._run("reranker", lambda: self.reranker.rerank(query, retrieved, top_n, weight))
             timings["rerank"] = time.perf_counter() - begin
         timings["total"] = time.perf_counter() - start
         logger.debug("timings for %r: %s", query, timings)
@@ -129,6 +172,12 @@ class Pipeline:
             raise StageError(kind, stage.type, exc) from exc
 
 
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def validate_query(query: Any) -> str:
     """Return the query stripped; reject what cannot be a query."""
     if not isinstance(query, str):
@@ -139,8 +188,11 @@ def validate_query(query: Any) -> str:
     return cleaned
 
 
-def check_manifest(manifest, config: PipelineConfig, embedder, index_path: Path) -> None:
-    """Fail when the index was built with another embedder or chunking than the config says."""
+def check_manifest(manifest, config: PipelineConfig, embedder: Embedder | None, index_path: Path) -> None:
+    """Fail when the index was built with another embedder or chunking than the config says.
+
+    ``embedder`` None skips the vector-dimension check (a first stage that embeds no query).
+    """
     built = manifest.embedder
     params = config.embedder.params
     expected = {
@@ -156,7 +208,7 @@ def check_manifest(manifest, config: PipelineConfig, embedder, index_path: Path)
                 f"index {index_path} was built with {key}={was!r} but the config says {now!r}; "
                 "rebuild it with scripts/build_index.py using this config, or use the config it was built with"
             )
-    if built.get("dimension") != embedder.dimension:
+    if embedder is not None and built.get("dimension") != embedder.dimension:
         raise IndexMismatchError(
             f"index {index_path} holds {built.get('dimension')}-d vectors but {params.model!r} makes "
             f"{embedder.dimension}-d ones; rebuild the index with this embedder"

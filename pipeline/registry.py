@@ -1,67 +1,64 @@
-"""Short ``type:`` names to stage classes.
+"""Short ``type:`` names to stage classes: a plain lookup table.
 
-Each stage class registers itself with :func:`register`; the config loader
-only ever looks names up here, it never imports a dotted path from YAML.
+The table starts as :data:`pipeline.stages.BUILTIN`; :func:`register` adds a
+stage of your own (``docs/architecture.md`` has a worked example). The config
+loader only ever looks names up here; it never imports a dotted path from YAML.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 from pipeline.errors import ConfigError
+from pipeline.stages import BUILTIN
 
 KINDS = ("embedder", "index", "retriever", "reranker")
 
-_REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
-
-T = TypeVar("T", bound=type)
+_TABLE: dict[str, dict[str, type]] = {kind: dict(BUILTIN.get(kind, {})) for kind in KINDS}
 
 
-def register(kind: str, name: str) -> Callable[[T], T]:
-    """Class decorator: make ``cls`` available as ``type: name`` under section ``kind``.
+def register(kind: str, name: str, cls: type) -> type:
+    """Make ``cls`` available as ``type: name`` in the ``kind`` section of a config; returns ``cls``.
 
-    The class must define a nested pydantic model ``Params``.
+    The class must define a nested pydantic ``Params`` model (derived from
+    :class:`pipeline.params.StageParams`) and follow :mod:`pipeline.protocols`.
+
+    Raises:
+        ValueError: unknown kind, or the name is taken by another class.
+        TypeError: ``cls`` has no ``Params``.
     """
-    if kind not in _REGISTRY:
+    if kind not in _TABLE:
         raise ValueError(f"unknown stage kind {kind!r}; expected one of {KINDS}")
+    if not hasattr(cls, "Params"):
+        raise TypeError(f"{cls.__name__} must define a nested Params model")
+    if kind == "retriever" and not set(getattr(cls, "requires", ("?",))) <= {"embedder", "index"}:
+        raise TypeError(f"{cls.__name__} must declare requires = a tuple of 'embedder' and/or 'index'")
+    existing = _TABLE[kind].get(name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"{kind} type {name!r} is already registered by {existing.__name__}")
+    _TABLE[kind][name] = cls
+    return cls
 
-    def decorator(cls: T) -> T:
-        if not hasattr(cls, "Params"):
-            raise TypeError(f"{cls.__name__} must define a nested Params model")
-        existing = _REGISTRY[kind].get(name)
-        if existing is not None and existing is not cls:
-            raise ValueError(f"{kind} type {name!r} is already registered by {existing.__name__}")
-        _REGISTRY[kind][name] = cls
-        cls.type_name = name
-        return cls
 
-    return decorator
+def unregister(kind: str, name: str) -> None:
+    """Remove a stage added with :func:`register` (built-in stages stay)."""
+    if name in BUILTIN.get(kind, {}):
+        raise ValueError(f"{kind} type {name!r} is built in and cannot be removed")
+    _TABLE[kind].pop(name, None)
 
 
 def lookup(kind: str, name: str) -> type:
     """Return the class registered as ``name``; a :class:`ConfigError` lists the valid names."""
-    _load_builtin_stages()
     try:
-        return _REGISTRY[kind][name]
+        return _TABLE[kind][name]
     except KeyError:
-        valid = ", ".join(sorted(_REGISTRY[kind])) or "(none)"
+        valid = ", ".join(sorted(_TABLE[kind])) or "(none)"
         raise ConfigError(f"{kind}.type: unknown type {name!r}; valid choices: {valid}") from None
 
 
 def names(kind: str) -> list[str]:
     """The registered type names of one kind, sorted."""
-    _load_builtin_stages()
-    return sorted(_REGISTRY[kind])
+    return sorted(_TABLE[kind])
 
 
-def _load_builtin_stages() -> None:
-    # Importing the modules runs their @register decorators. The imports are
-    # light: stage modules import torch and friends only when a model loads.
-    import pipeline.embedders.sentence_transformer  # noqa: F401
-    import pipeline.index  # noqa: F401
-    import pipeline.milvus_index  # noqa: F401
-    import pipeline.rerankers.cross_encoder  # noqa: F401
-    import pipeline.retrievers.bm25  # noqa: F401
-    import pipeline.retrievers.dense  # noqa: F401
-    import pipeline.retrievers.hybrid  # noqa: F401
+def classes(kind: str) -> list[type]:
+    """The registered classes of one kind, in name order."""
+    return [_TABLE[kind][name] for name in names(kind)]

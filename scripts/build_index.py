@@ -1,68 +1,13 @@
 #!/usr/bin/env python
-"""Index a corpus folder: python scripts/build_index.py CORPUS_DIR [--config FILE] [--index DIR] [--engine ray]."""
-
-from __future__ import annotations
+"""Wrapper kept for the README's commands; the command itself is commands/build.py (console script: rag-build)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.cli import common_parser, run, setup_logging, show_progress  # noqa: E402
-
-
-def main(argv=None) -> int:
-    parser = common_parser(__doc__)
-    parser.add_argument("corpus", help="folder of .txt/.md/.jsonl[.gz] files, a BEIR collection, or one file")
-    parser.add_argument(
-        "--update", action="store_true",
-        help="update an existing index: encode only added or changed documents, drop deleted ones",
-    )
-    parser.add_argument("--no-reuse", action="store_true", help="re-encode every chunk, even unchanged ones")
-    parser.add_argument("--max-file-mb", type=float, default=None, help="skip .txt/.md files larger than this (default 32)")
-    parser.add_argument(
-        "--engine", choices=("local", "ray"), default="local",
-        help="where chunking and encoding run: this process (default) or Ray Data (the config's 'ray' section)",
-    )
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-
-    from indexer.build import build_index
-    from indexer.corpus import MAX_FILE_MB
-    from pipeline.config import load_config
-    from pipeline.errors import InputError
-
-    if args.update and args.no_reuse:
-        raise InputError("--update and --no-reuse contradict each other; pick one")
-    if args.max_file_mb is not None and args.max_file_mb <= 0:
-        raise InputError(f"--max-file-mb must be positive, got {args.max_file_mb}")
-    config = load_config(args.config, args.overrides)
-    report = build_index(
-        args.corpus, config, args.index, update=args.update, reuse=not args.no_reuse,
-        show_progress=show_progress(), max_file_mb=args.max_file_mb or MAX_FILE_MB, engine=args.engine,
-    )
-    m = report.manifest
-    seconds = m.build_seconds
-    encode = seconds.get("encode", 0.0)
-    encoded = m.counts["encoded_chunks"]
-    rate = f"{encoded / encode:.1f} chunks/s" if encoded and encode > 0 else "nothing to encode"
-    print(
-        f"indexed {m.counts['documents']} documents as {m.counts['chunks']} chunks "
-        f"({m.embedder['model']}, {m.embedder['dimension']}-d) into {report.path}"
-    )
-    print(
-        f"encode {encode:.1f}s ({rate}), total "
-        f"{sum(seconds.values()):.1f}s; skipped {len(report.skipped)}, unsupported files {m.counts['unsupported_files']}"
-    )
-    c = report.changes
-    print(
-        f"documents: {c['added']} added, {c['changed']} changed, {c['removed']} removed, {c['unchanged']} unchanged; "
-        f"chunks: {c['encoded_chunks']} encoded, {c['reused_chunks']} reused"
-    )
-    for where, why in report.skipped[:20]:
-        print(f"  skipped {where}: {why}")
-    return 0
-
+try:
+    from commands.build import cli
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    sys.exit(f"error: cannot import '{exc.name}': the project is not installed in this Python ({sys.executable}). "
+             "Run 'make setup' and use .venv/bin/python, or install it with: pip install -e .")
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    cli()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -15,11 +15,12 @@ from tests.conftest import ROOT, write_config
 OFFLINE = ROOT / "configs" / "offline.yaml"
 
 
+COMMANDS = {"build_index": "build", "ask": "ask", "evaluate": "evaluate", "train_reranker": "train"}
+
+
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command behind ``scripts/<name>.py`` (the script is a wrapper around it)."""
+    return importlib.import_module(f"commands.{COMMANDS[name]}")
 
 
 build_script = load_script("build_index")
@@ -27,7 +28,7 @@ ask_script = load_script("ask")
 
 
 def run_script(module, argv):
-    from pipeline.cli import run
+    from commands.common import run
 
     return run(module.main, argv)
 

@@ -3,27 +3,28 @@ the reranker score cache, and scripts/evaluate.py end to end."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, write_config
 
-from conftest import ROOT, SHARED_DATA, write_config
+from evaluation.collection import load_collection
+from evaluation.metrics import compare_rankings, evaluate_rankings, fold_to_documents, ranking_to_run
+from evaluation.runner import ScoreCache, latency_summary, parse_config_specs
 from pipeline import ConfigError, CorpusError
-from pipeline.evaluation.collection import load_collection
-from pipeline.evaluation.metrics import compare_rankings, evaluate_rankings, fold_to_documents, ranking_to_run
-from pipeline.evaluation.runner import ScoreCache, latency_summary, parse_config_specs
 from pipeline.types import Hit
 
 LOG2_3 = 1.584962500721156  # log2(3)
 
 
+COMMANDS = {"build_index": "build", "ask": "ask", "evaluate": "evaluate", "train_reranker": "train"}
+
+
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command behind ``scripts/<name>.py`` (the script is a wrapper around it)."""
+    return importlib.import_module(f"commands.{COMMANDS[name]}")
 
 
 def hit(chunk_id: str, doc_id: str, score: float, rank: int) -> Hit:
@@ -274,7 +275,7 @@ def test_evaluate_script_end_to_end(tmp_path, tiny_collection, tiny_reranker_dir
 
 
 def test_evaluate_script_errors_exit_with_codes(tmp_path, tiny_collection, capsys):
-    from pipeline.cli import run
+    from commands.common import run
 
     evaluate = load_script("evaluate")
     config = write_config(tmp_path / "rr.yaml", "bundled:all-MiniLM-L6-v2", tmp_path / "i",

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from indexer.build import build_index
-from indexer.store import CURRENT, current_version, load_index
 from pipeline.config import load_config, parse_config
 from pipeline.errors import ConfigError, IndexMismatchError, IndexMissingError
-from pipeline.index import FaissIndex, faiss_gpu_count
+from pipeline.indexes.faiss import FaissIndex, faiss_gpu_count
 from pipeline.pipeline import Pipeline, build_stage
+from pipeline.store import CURRENT, current_version, load_index
 from tests.conftest import write_config
 
 

@@ -13,14 +13,14 @@ import yaml
 pytest.importorskip("pymilvus", reason="needs the 'scale' extra: pip install -e '.[scale]'")
 pytest.importorskip("milvus_lite", reason="Milvus Lite has no wheel for this platform")
 
-from indexer.build import build_index  # noqa: E402
-from indexer.store import current_version, load_index  # noqa: E402
-from pipeline.config import load_config, parse_config  # noqa: E402
-from pipeline.errors import ConfigError, IndexLockedError, MissingDependencyError, ServiceUnavailableError  # noqa: E402
-from pipeline.index import FaissIndex  # noqa: E402
-from pipeline.milvus_index import MILVUS_FILE, MilvusIndex  # noqa: E402
-from pipeline.pipeline import Pipeline, build_stage  # noqa: E402
-from tests.conftest import ROOT, write_config  # noqa: E402
+from indexer.build import build_index
+from pipeline.config import load_config, parse_config
+from pipeline.errors import ConfigError, IndexLockedError, MissingDependencyError, ServiceUnavailableError
+from pipeline.indexes.faiss import FaissIndex
+from pipeline.indexes.milvus import MILVUS_FILE, MilvusIndex
+from pipeline.pipeline import Pipeline, build_stage
+from pipeline.store import current_version, load_index
+from tests.conftest import ROOT, write_config
 
 
 def _unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:

@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip("ray", reason="needs the 'scale' extra: pip install -e '.[scale]'")
 
-from indexer.build import build_index  # noqa: E402
-from indexer.store import CHUNKS, EMBEDDINGS, ChunkStore, current_version  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.errors import MissingDependencyError  # noqa: E402
-from tests.conftest import write_config  # noqa: E402
-from tests.test_cli import build_script, run_script  # noqa: E402
+from indexer.build import build_index
+from pipeline.config import load_config
+from pipeline.errors import MissingDependencyError
+from pipeline.store import CHUNKS, EMBEDDINGS, ChunkStore, current_version
+from tests.conftest import write_config
+from tests.test_cli import build_script, run_script
 
 
 def _version_contents(index_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,11 +17,11 @@ from hypothesis import strategies as st
 
 import indexer.build as build_module
 from indexer.build import LOCK, build_index
-from indexer.store import CURRENT, EMBEDDINGS, Manifest, current_version, load_index
 from pipeline import Pipeline
 from pipeline.config import load_config
 from pipeline.errors import CorpusError, IndexLockedError, IndexMismatchError, IndexMissingError
 from pipeline.pipeline import build_stage
+from pipeline.store import EMBEDDINGS, current_version, load_index
 from tests.conftest import ROOT, write_config
 
 WORDS = "vitamin bone pain iron anemia python snake tea river mountain engine wing rocket bread salt".split()

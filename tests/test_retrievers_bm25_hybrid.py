@@ -4,8 +4,8 @@ and the BM25 anchor on SciFact (published nDCG@10 0.665 BEIR / 0.679 Anserini)."
 from __future__ import annotations
 
 import pytest
-
 from conftest import SHARED_DATA, write_config
+
 from indexer.build import build_index
 from pipeline import ConfigError, Pipeline
 from pipeline.config import load_config
@@ -147,9 +147,9 @@ def test_bad_retriever_params_fail_at_load(tmp_path, overrides, message):
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "scifact").is_dir(), reason="../shared/data/scifact is not here")
 def test_bm25_reproduces_the_published_scifact_score():
+    from evaluation.collection import load_collection
+    from evaluation.metrics import evaluate_rankings
     from indexer.corpus import read_corpus
-    from pipeline.evaluation.collection import load_collection
-    from pipeline.evaluation.metrics import evaluate_rankings
     from pipeline.retrievers.bm25 import LexicalIndex
 
     collection = load_collection(SHARED_DATA / "scifact", "test")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_config
-from pipeline import training
+
+import training
 from pipeline.config import load_config
 from pipeline.errors import CorpusError, InputError
 
@@ -192,12 +192,8 @@ def test_resumes_from_the_last_checkpoint(collection, config, tiny_reranker_dir,
 
 
 def test_command_refuses_a_test_split(collection, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_reranker", Path(__file__).parents[1] / "scripts" / "train_reranker.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    from pipeline.cli import run
+    from commands import train as script
+    from commands.common import run
 
     code = run(script.main, ["--data", str(collection), "--split", "test", "--base", "x", "--out", "y"])
     assert code == 2

@@ -10,15 +10,13 @@ from typing import Annotated
 import numpy as np
 from pydantic import AfterValidator, PositiveInt
 
-from pipeline.config import StageParams
 from pipeline.device import check_device_name, resolve_device
 from pipeline.models import load_sentence_transformer
-from pipeline.registry import register
+from pipeline.params import StageParams
 
 logger = logging.getLogger(__name__)
 
 
-@register("embedder", "sentence-transformers")
 class SentenceTransformerEmbedder:
     """Encodes queries and documents into L2-normalized float32 vectors.
 
@@ -48,6 +46,11 @@ class SentenceTransformerEmbedder:
         logger.info("embedder %s loaded on %s (dim %d, max_length %d)", self.params.model, device,
                     self.dimension_of(model), model.max_seq_length)
         return model
+
+    def load(self) -> SentenceTransformerEmbedder:
+        """Load the model now rather than on first use."""
+        _ = self.model
+        return self
 
     @staticmethod
     def dimension_of(model) -> int:

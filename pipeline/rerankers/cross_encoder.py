@@ -14,8 +14,9 @@ sigmoid so they fall in 0..1. The model is loaded with sentence-transformers'
   slightly different scores), except those matching ``quantize_skip`` (regexes
   over module names), which stay fp32 (benchmarks/README.md measures both);
 * a CUDA out-of-memory error halves the batch and retries instead of failing;
-* ``weight < 1`` mixes in the first stage's (normalized) score, a cheap guard for
-  a weak cross-encoder; the weight is chosen on held-out queries, never on test.
+* ``weight`` is the cross-encoder's share of the final score: below 1 it mixes in
+  the first stage's (both min-max scaled, :func:`pipeline.scoring.mix_scores`), a
+  cheap guard for a weak cross-encoder, chosen on held-out queries, never on test.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import logging
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import cached_property
 from typing import Annotated, Literal
 
@@ -32,11 +32,11 @@ import numpy as np
 from pydantic import AfterValidator, Field, PositiveInt
 
 from pipeline.batching import run_length_sorted
-from pipeline.config import StageParams
 from pipeline.device import check_device_name, resolve_device
 from pipeline.errors import ConfigError
 from pipeline.models import load_cross_encoder
-from pipeline.registry import register
+from pipeline.params import StageParams
+from pipeline.scoring import mix_scores, rank_by_scores
 from pipeline.types import Hit
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ def _check_regex(pattern: str) -> str:
     return pattern
 
 
-@register("reranker", "cross-encoder")
 class CrossEncoderReranker:
     """Rescore candidates with a cross-encoder and keep the best ``top_n``."""
 
@@ -76,7 +75,6 @@ class CrossEncoderReranker:
     @cached_property
     def model(self):
         """The sentence-transformers ``CrossEncoder``, loaded once, in eval mode."""
-        import torch
 
         device = resolve_device(self.params.device, "reranker.device")
         model = load_cross_encoder(self.params.model, "reranker.model", device, self.params.max_length)
@@ -139,31 +137,28 @@ class CrossEncoderReranker:
         )
         return {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
 
-    def rerank(self, query: str, hits: Sequence[Hit], top_n: int | None = None) -> list[Hit]:
-        """New hits sorted by cross-encoder score (ties keep the first stage's order), first ``top_n`` kept."""
-        return self.rank(hits, self.score(query, [hit.text for hit in hits]), top_n)
+    def load(self) -> CrossEncoderReranker:
+        """Load the model now rather than on first use."""
+        _ = self.model
+        return self
+
+    def rerank(
+        self, query: str, hits: Sequence[Hit], top_n: int | None = None, weight: float | None = None
+    ) -> list[Hit]:
+        """New hits sorted by score (ties keep the first stage's order), first ``top_n`` kept.
+
+        ``weight`` (default: the stage's) is the cross-encoder's share of the final score,
+        mixed with the first stage's by :func:`pipeline.scoring.mix_scores`.
+        """
+        return self.rank(hits, self.score(query, [hit.text for hit in hits]), top_n, weight)
 
     def rank(
         self, hits: Sequence[Hit], scores: np.ndarray, top_n: int | None = None, weight: float | None = None
     ) -> list[Hit]:
-        """Order ``hits`` by their cross-encoder ``scores``, mixed with the first stage's by ``weight``.
-
-        With ``weight < 1`` the final score is ``weight * cross-encoder + (1 - weight) *
-        first stage``, both min-max normalized over the candidates, so it stays in 0..1.
-        Pick the weight on held-out queries, never on a test split. ``weight`` defaults to
-        the stage's own.
-        """
+        """Order ``hits`` by already computed cross-encoder ``scores`` (see :meth:`rerank`)."""
         weight = self.params.weight if weight is None else weight
-        if weight < 1.0 and len(hits) > 0:
-            first = np.array([hit.retrieval_score for hit in hits], dtype=np.float32)
-            scores = weight * _min_max(np.asarray(scores, dtype=np.float32)) + (1.0 - weight) * _min_max(first)
-        return rank_by_scores(hits, scores, top_n or self.params.top_n)
-
-
-def rank_by_scores(hits: Sequence[Hit], scores: Sequence[float], top_n: int) -> list[Hit]:
-    """New hits sorted by ``scores`` (ties keep the first stage's order), first ``top_n`` kept."""
-    order = sorted(range(len(hits)), key=lambda i: (-scores[i], hits[i].rank))
-    return [replace(hits[i], score=float(scores[i]), rank=rank) for rank, i in enumerate(order[:top_n], start=1)]
+        mixed = mix_scores(scores, [hit.retrieval_score for hit in hits], weight)
+        return rank_by_scores(hits, mixed, top_n or self.params.top_n)
 
 
 def _empty_cuda_cache() -> None:
@@ -171,11 +166,6 @@ def _empty_cuda_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _min_max(values: np.ndarray) -> np.ndarray:
-    span = float(values.max() - values.min())
-    return (values - values.min()) / span if span > 0 else np.ones_like(values)
 
 
 def quantize_int8(network, skip: Sequence[str] = ()):

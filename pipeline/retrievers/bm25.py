@@ -26,9 +26,8 @@ from typing import Literal
 import numpy as np
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
-from pipeline.config import StageParams
 from pipeline.errors import MissingDependencyError
-from pipeline.registry import register
+from pipeline.params import StageParams
 from pipeline.retrievers.hits import hits_from_rows, row_ids
 from pipeline.types import Hit
 
@@ -152,17 +151,17 @@ class LexicalIndex:
         return scores[keep], ids[keep]
 
 
-@register("retriever", "bm25")
 class BM25Retriever:
     """Okapi BM25 top-k over the chunks of the index (no embedding)."""
 
     class Params(LexicalParams):
         top_k: PositiveInt = 50
 
-    def __init__(self, params: Params, *, index, embedder=None) -> None:
+    requires = ("index",)  # no embedder: a BM25 pipeline never loads the embedding model
+
+    def __init__(self, params: Params, *, index) -> None:
         self.params = params
         self.index = index  # an IndexBundle; its chunk store is what gets indexed
-        # ``embedder`` is accepted (the pipeline passes it to every retriever) and not used.
 
     @property
     def lexical(self) -> LexicalIndex:

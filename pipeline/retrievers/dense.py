@@ -7,23 +7,28 @@ from collections.abc import Sequence
 
 from pydantic import PositiveInt
 
-from pipeline.config import StageParams
-from pipeline.registry import register
+from pipeline.params import StageParams
 from pipeline.retrievers.hits import hits_from_rows, row_ids
 from pipeline.types import Hit
 
 
-@register("retriever", "dense")
 class DenseRetriever:
     """Cosine top-k over the index: queries are encoded by the same embedder as the chunks."""
 
     class Params(StageParams):
         top_k: PositiveInt = 50
 
+    requires = ("embedder", "index")
+
     def __init__(self, params: Params, *, embedder, index) -> None:
         self.params = params
         self.embedder = embedder
         self.index = index  # an IndexBundle
+
+    def load(self) -> DenseRetriever:
+        """Load the query embedder now."""
+        self.embedder.load()
+        return self
 
     def search(
         self, queries: Sequence[str], top_k: int | None = None, timings: dict[str, float] | None = None

@@ -13,8 +13,7 @@ from dataclasses import replace
 
 from pydantic import NonNegativeFloat, PositiveInt, model_validator
 
-from pipeline.config import StageParams
-from pipeline.registry import register
+from pipeline.params import StageParams
 from pipeline.retrievers.bm25 import BM25Retriever, LexicalParams
 from pipeline.retrievers.dense import DenseRetriever
 from pipeline.types import Hit
@@ -74,7 +73,6 @@ class FusionWeights(StageParams):
         return self
 
 
-@register("retriever", "hybrid")
 class HybridRetriever:
     """Dense top-``depth`` and BM25 top-``depth``, fused by weighted RRF, first ``top_k`` kept."""
 
@@ -85,6 +83,8 @@ class HybridRetriever:
         weights: FusionWeights = FusionWeights()
         bm25: LexicalParams = LexicalParams()
 
+    requires = ("embedder", "index")
+
     def __init__(self, params: Params, *, embedder, index) -> None:
         self.params = params
         depth = max(params.depth, params.top_k)
@@ -92,7 +92,8 @@ class HybridRetriever:
         self.bm25 = BM25Retriever(BM25Retriever.Params(top_k=depth, **params.bm25.model_dump()), index=index)
 
     def load(self) -> HybridRetriever:
-        """Build (or fetch) the BM25 index now rather than on the first query."""
+        """Load the query embedder and build (or fetch) the BM25 index now."""
+        self.dense.load()
         self.bm25.load()
         return self
 

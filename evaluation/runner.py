@@ -5,7 +5,7 @@ What makes the comparison fair and cheap:
 * **Same queries, same index, same candidates.** Every config runs over the
   same judged queries. Configs that agree on corpus, embedder, chunking and
   FAISS factory share one index (built once, cached on disk, see
-  :mod:`pipeline.evaluation.indexes`); loaded models and BM25 indexes are shared
+  :mod:`evaluation.indexes`); loaded models and BM25 indexes are shared
   in memory, so two configs differ only in the stages that differ.
 * **Each (query, passage) pair is scored once.** Rerankers with equal settings
   share a :class:`ScoreCache`: a pair already scored for another config reuses
@@ -31,11 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import ConfigError
-from pipeline.evaluation.collection import Collection
-from pipeline.evaluation.indexes import cached_index_path, ensure_index, index_digest, index_key
-from pipeline.evaluation.metrics import (
+from evaluation.collection import Collection
+from evaluation.indexes import cached_index_path, ensure_index, index_digest, index_key
+from evaluation.metrics import (
     CONTEXT_METRIC,
     FINAL_METRICS,
     Comparison,
@@ -43,6 +41,8 @@ from pipeline.evaluation.metrics import (
     evaluate_rankings,
     fold_to_documents,
 )
+from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import ConfigError
 from pipeline.types import Hit
 
 logger = logging.getLogger(__name__)
@@ -134,13 +134,20 @@ class CachedReranker:
         self.params = params or reranker.params  # this config's top_n and weight; the model is shared
         self.last_cost = 0.0
 
-    @property
-    def model(self):
-        return self.reranker.model
+    def load(self) -> CachedReranker:
+        self.reranker.load()
+        return self
 
-    def rerank(self, query: str, hits: Sequence[Hit], top_n: int | None = None) -> list[Hit]:
-        scores, self.last_cost = self.cache.scores(self.reranker, query, [hit.text for hit in hits])
-        return self.reranker.rank(hits, scores, top_n or self.params.top_n, weight=self.params.weight)
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        scores, self.last_cost = self.cache.scores(self.reranker, query, passages)
+        return scores
+
+    def rerank(
+        self, query: str, hits: Sequence[Hit], top_n: int | None = None, weight: float | None = None
+    ) -> list[Hit]:
+        scores = self.score(query, [hit.text for hit in hits])
+        weight = self.params.weight if weight is None else weight
+        return self.reranker.rank(hits, scores, top_n or self.params.top_n, weight=weight)
 
 
 @dataclass
@@ -235,8 +242,8 @@ class Evaluator:
 
     def pipeline(self, config: PipelineConfig, index_path: Path):
         """A pipeline for ``config`` whose stages are shared with earlier configs where settings agree."""
-        from indexer.store import load_index
         from pipeline.pipeline import Pipeline, build_stage, check_manifest
+        from pipeline.store import load_index
 
         embedder_key = json.dumps(config.embedder.to_dict(), sort_keys=True)
         embedder = self._embedders.get(embedder_key)

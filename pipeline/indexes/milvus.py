@@ -36,9 +36,8 @@ import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from tqdm.auto import tqdm
 
-from pipeline.config import StageParams
+from pipeline.params import StageParams
 from pipeline.errors import ConfigError, IndexLockedError, IndexMissingError, MissingDependencyError, ServiceUnavailableError
-from pipeline.registry import register
 from pipeline.types import Chunk
 
 logger = logging.getLogger(__name__)
@@ -66,7 +65,6 @@ def is_server_uri(uri: str | None) -> bool:
     return uri is not None and uri.lower().startswith(SERVER_SCHEMES)
 
 
-@register("index", "milvus")
 class MilvusIndex:
     """A Milvus collection of float32 (n, dim) vectors, searched by inner product."""
 
@@ -112,6 +110,11 @@ class MilvusIndex:
     @property
     def ntotal(self) -> int:
         return self._ntotal
+
+    @staticmethod
+    def release_version(version: Path) -> None:
+        """Drop the collection ``version`` records when it lives outside the folder (see the module docstring)."""
+        drop_version_collection(version)
 
     def describe(self) -> dict[str, Any]:
         """What the vectors' index depends on (for the manifest and the evaluation cache key)."""

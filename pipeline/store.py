@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import registry
 from pipeline.errors import IndexMissingError
 from pipeline.types import Chunk
 
@@ -171,6 +173,13 @@ def load_index(index_path: Path, vectors: Any) -> IndexBundle:
             f"manifest says {manifest.counts.get('chunks')}; rebuild with scripts/build_index.py"
         )
     return IndexBundle(Path(index_path), version, manifest, vectors, chunks)
+
+
+def discard_version(version: Path) -> None:
+    """Delete a version folder, after every index backend has freed what it keeps outside it."""
+    for backend in registry.classes("index"):
+        backend.release_version(version)
+    shutil.rmtree(version, ignore_errors=True)
 
 
 def publish_version(index_path: Path, version: Path) -> None:

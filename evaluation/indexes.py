@@ -63,7 +63,7 @@ def ensure_index(
         The index path and the seconds spent building it (0.0 when reused).
     """
     from indexer.build import build_index
-    from indexer.store import Manifest, current_version
+    from pipeline.store import Manifest, current_version
 
     key_file = index_path / "eval-key.json"
     try:

@@ -13,8 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.evaluation.metrics import Comparison
-from pipeline.evaluation.runner import EvaluationReport
+from evaluation.metrics import Comparison
+from evaluation.runner import EvaluationReport
 
 PLOT = "quality_vs_latency.png"
 HEADLINE = "ndcg@10"

@@ -307,9 +307,9 @@ class FirstStage:
         The same cache as ``scripts/evaluate.py`` (keyed by corpus, embedder, chunking and
         index type), so training and evaluation encode a corpus once between them.
         """
+        from evaluation.indexes import cached_index_path, ensure_index, index_key
         from indexer.build import corpus_hash
         from indexer.corpus import read_corpus
-        from pipeline.evaluation.indexes import cached_index_path, ensure_index, index_key
 
         corpus = next(p for p in (self.collection.root / "corpus.jsonl", self.collection.root / "corpus.jsonl.gz")
                       if p.is_file())
@@ -524,7 +524,7 @@ def _groupwise_loss_class():
     return _GroupwiseLoss
 
 
-def GroupwiseLoss(model):  # noqa: N802 - a factory that reads like the class it returns
+def GroupwiseLoss(model):
     """Group-wise (listwise) loss for a CrossEncoder; defined lazily so importing this module stays light."""
     return _groupwise_loss_class()(model)
 

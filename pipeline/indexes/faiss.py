@@ -15,10 +15,9 @@ from typing import Annotated
 import numpy as np
 from pydantic import AfterValidator, PositiveInt
 
-from pipeline.config import StageParams
+from pipeline.params import StageParams
 from pipeline.device import check_device_name
 from pipeline.errors import ConfigError, IndexMissingError
-from pipeline.registry import register
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +33,6 @@ def faiss_gpu_count() -> int:
     return int(faiss.get_num_gpus())
 
 
-@register("index", "faiss")
 class FaissIndex:
     """A FAISS index over float32 (n, dim) vectors, searched by inner product."""
 
@@ -57,6 +55,10 @@ class FaissIndex:
     @property
     def ntotal(self) -> int:
         return 0 if self._index is None else int(self._index.ntotal)
+
+    @staticmethod
+    def release_version(version: Path) -> None:
+        """Nothing to free: a FAISS index lives inside its version folder."""
 
     def describe(self) -> dict:
         """What the index depends on (for the manifest and the evaluation cache key)."""
