@@ -10,6 +10,7 @@ An index path is a folder holding immutable versions and a pointer::
             chunks.sqlite  chunk store (text, document id, source, position)
             embeddings.npy the chunk vectors, so a rebuild encodes only new or changed text
             manifest.json  how it was built
+            .rag-version   marker: this folder was made by a build (only marked folders are ever deleted)
 
 A build writes a new version folder, then swaps ``CURRENT`` with
 ``os.replace``; readers resolve ``CURRENT`` once and read one version, so they
@@ -20,23 +21,103 @@ leaves the previous version live.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import sqlite3
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import quote_from_bytes
 
 from pipeline import registry
-from pipeline.errors import IndexMissingError
+from pipeline.errors import IndexMissingError, InputError
 from pipeline.types import Chunk
+
+logger = logging.getLogger(__name__)
 
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks.sqlite"
 EMBEDDINGS = "embeddings.npy"  # float32 (n_chunks, dim), row i = chunk i; reused by later builds
 FORMAT_VERSION = 1
+VERSION_MARKER = ".rag-version"  # written first into every version folder a build creates
+# Version folders made before the marker existed: v-<UTC timestamp>-<6 hex>, recognised with their manifest.json.
+VERSION_NAME = re.compile(r"v-\d{8}T\d{6,12}-[0-9a-f]{6}")
+MAX_POINTER_BYTES = 4096
+MAX_MANIFEST_BYTES = 16 * 2**20
+
+_MANIFEST_TYPES: dict[str, type] = {
+    "embedder": dict, "chunking": dict, "index": dict, "counts": dict, "corpus": dict, "versions": dict,
+    "created_at": str, "build_seconds": dict, "format_version": int,
+}
+
+
+class NotRegularFileError(OSError):
+    """A path that is a FIFO, socket, device or folder where a regular file was expected."""
+
+
+def open_regular(path: Path, *, follow_links: bool = True) -> BinaryIO:
+    """Open ``path`` for binary reading only if it is a regular file; never blocks on a FIFO or device.
+
+    Raises:
+        NotRegularFileError: it is something else (the message names what).
+        OSError: it cannot be opened.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow_links else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{file_kind(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode: int) -> str:
+    """A word for what a stat mode describes: ``FIFO``, ``socket``, ``device``, ``folder``, ``file``."""
+    for test, word in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return word
+    return "a regular file"
+
+
+def read_bounded(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; larger is a ``ValueError``."""
+    with open_regular(path) as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes")
+    return data
+
+
+def is_own_version(folder: Path) -> bool:
+    """True for a version folder a build made: it carries the marker (or, from before the marker, the
+    ``v-<timestamp>-<hex>`` name and a manifest). Nothing else in an index folder is ever deleted."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if (folder / VERSION_MARKER).is_file():
+        return True
+    name = folder.name.removesuffix(".tmp")
+    return bool(VERSION_NAME.fullmatch(name)) and (folder / MANIFEST).is_file()
+
+
+def mark_version(folder: Path) -> None:
+    """Write the marker that makes ``folder`` a version this project may delete later."""
+    (folder / VERSION_MARKER).write_text('{"created_by": "rerank-rag"}\n', encoding="utf-8")
+
+
+def damaged(index_path: Path, why: str) -> IndexMissingError:
+    """The one message for an index folder whose pointer or version cannot be trusted."""
+    return IndexMissingError(f"the index at {index_path} is damaged ({why}); rebuild it with scripts/build_index.py")
 
 
 @dataclass(frozen=True)
@@ -60,12 +141,28 @@ class Manifest:
     def read(cls, directory: Path) -> Manifest:
         path = directory / MANIFEST
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_bounded(path, MAX_MANIFEST_BYTES).decode("utf-8"))
+            _check_manifest_types(data)
             return cls(**data)
         except FileNotFoundError:
             raise IndexMissingError(f"manifest {path} is missing; rebuild with scripts/build_index.py") from None
-        except (ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, RecursionError) as exc:
             raise IndexMissingError(f"manifest {path} is unreadable ({exc}); rebuild with scripts/build_index.py") from None
+
+
+def _check_manifest_types(data: Any) -> None:
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+    for key, value in data.items():
+        expected = _MANIFEST_TYPES.get(key)
+        if expected is None:
+            raise TypeError(f"unknown key {key!r}")
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise TypeError(f"{key!r} must be a JSON {'object' if expected is dict else expected.__name__}, "
+                            f"got {type(value).__name__}")
+    for key, value in data.get("counts", {}).items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"counts.{key} must be an integer, got {type(value).__name__}")
 
 
 class ChunkStore:
@@ -77,7 +174,8 @@ class ChunkStore:
         self.path = path
         if not create and not path.is_file():
             raise IndexMissingError(f"chunk store {path} is missing; rebuild with scripts/build_index.py")
-        uri = f"file:{path}?mode={'rwc' if create else 'ro'}"
+        # Escaped: '#', '?' or '%' in the path must not end the file name part of the URI.
+        uri = f"file:{quote_from_bytes(os.fsencode(path.absolute()))}?mode={'rwc' if create else 'ro'}"
         self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         if create:
             self._conn.execute(
@@ -143,20 +241,26 @@ class IndexBundle:
 def current_version(index_path: Path) -> Path:
     """The live version folder of an index path."""
     index_path = Path(index_path)
+    if index_path.exists() and not index_path.is_dir():
+        raise InputError(f"--index {index_path} is a file, not an index folder; point --index at a folder")
     if not index_path.is_dir():
         raise IndexMissingError(
             f"no index at {index_path}; build one with: python scripts/build_index.py CORPUS_DIR --index {index_path}"
         )
     pointer = index_path / CURRENT
     try:
-        name = pointer.read_text(encoding="utf-8").strip()
+        name = read_bounded(pointer, MAX_POINTER_BYTES).decode("utf-8").strip()
     except FileNotFoundError:
         raise IndexMissingError(
             f"{index_path} holds no finished index (no {CURRENT} file); build one with scripts/build_index.py"
         ) from None
+    except UnicodeDecodeError:
+        raise damaged(index_path, f"{CURRENT} is not UTF-8 text") from None
+    except (OSError, ValueError) as exc:
+        raise damaged(index_path, f"{CURRENT} is unreadable: {exc}") from None
     version = index_path / name
-    if not name or "/" in name or not version.is_dir():
-        raise IndexMissingError(f"{pointer} points at a missing version {name!r}; rebuild with scripts/build_index.py")
+    if not name or "/" in name or "\0" in name or name in (".", "..") or not version.is_dir():
+        raise damaged(index_path, f"{CURRENT} points at a missing version {name[:100]!r}")
     return version
 
 
@@ -189,10 +293,24 @@ def publish_version(index_path: Path, version: Path) -> None:
             _fsync_file(Path(folder) / name)
         _fsync_dir(Path(folder))
     tmp = index_path / f".{CURRENT}.tmp"
+    if tmp.is_dir() and not tmp.is_symlink():
+        _move_aside(tmp)
+    tmp.unlink(missing_ok=True)
     tmp.write_text(version.name + "\n", encoding="utf-8")
     _fsync_file(tmp)
-    os.replace(tmp, index_path / CURRENT)
+    pointer = index_path / CURRENT
+    if pointer.is_dir() and not pointer.is_symlink():  # a damaged pointer; os.replace cannot overwrite a folder
+        _move_aside(pointer)
+    os.replace(tmp, pointer)
     _fsync_dir(index_path)
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a folder that blocks a file we must write, rather than delete what we did not make."""
+    target = path.with_name(f"{path.name}.broken-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}")
+    os.rename(path, target)
+    logger.warning("%s was a folder, not a pointer file; moved it to %s", path, target)
+    return target
 
 
 def _write_json(path: Path, data: Any) -> None:
