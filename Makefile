@@ -5,19 +5,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 QUERY ?= symptoms of vitamin D deficiency
 
-.PHONY: setup demo test clean
+.PHONY: setup demo serve test clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,lint,eval,train,scale]'
+	$(PY) -m pip install --quiet -e '.[test,lint,eval,train,scale,serve]'
 	touch $@
 
 demo: setup
 	$(PY) scripts/build_index.py data/
 	$(PY) scripts/ask.py "$(QUERY)"
+
+# The HTTP API and web page on http://127.0.0.1:8000 (docs/serving.md); builds the index first if missing.
+serve: setup
+	test -f indexes/offline/CURRENT || $(PY) scripts/build_index.py data/
+	$(PY) scripts/serve.py
 
 test: setup
 	$(PY) -m pytest -q

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
 
 from pipeline import registry
 from pipeline.errors import ConfigError
@@ -23,7 +23,7 @@ from pipeline.params import StageParams
 
 STAGE_KINDS = ("embedder", "index", "retriever", "reranker")
 OPTIONAL_STAGES = ("reranker",)
-SECTIONS = (*STAGE_KINDS, "chunking", "ray")
+SECTIONS = (*STAGE_KINDS, "chunking", "ray", "server")
 
 
 class ChunkingParams(StageParams):
@@ -66,6 +66,32 @@ class RayParams(StageParams):
     temp_dir: str | None = None
 
 
+class ServerParams(StageParams):
+    """How ``scripts/serve.py`` serves the pipeline over HTTP (docs/serving.md).
+
+    ``max_body_bytes`` caps a request body (413 above it), ``max_documents`` the
+    documents of one ``/v1/rerank`` call (413), ``max_query_chars`` a query (422).
+    Cross-encoder calls of concurrent requests are scored together: pairs arriving
+    within ``batch_wait_ms`` of the first are batched, up to ``max_batch_pairs``;
+    at most ``max_queue`` requests wait (503 with Retry-After beyond).
+    ``micro_batching: false`` scores each request alone (one at a time). The API
+    key is read from the environment variable named by ``api_key_env``; unset
+    means no authentication.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: PositiveInt = 1_000_000
+    max_documents: PositiveInt = 1000
+    max_query_chars: PositiveInt = 2000
+    micro_batching: bool = True
+    batch_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    max_batch_pairs: PositiveInt = 256
+    max_queue: PositiveInt = 256
+    api_key_env: str = "RAG_API_KEY"
+    shutdown_timeout_s: PositiveInt = 30
+
+
 @dataclass(frozen=True, slots=True)
 class StageConfig:
     """One validated stage section: its kind, registered type and params."""
@@ -93,6 +119,7 @@ class PipelineConfig:
     chunking: ChunkingParams
     source: str = "<dict>"
     ray: RayParams = RayParams()
+    server: ServerParams = ServerParams()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {kind: getattr(self, kind).to_dict() for kind in ("embedder", "index", "retriever")}
@@ -100,6 +127,8 @@ class PipelineConfig:
         out["chunking"] = self.chunking.model_dump()
         if self.ray != RayParams():  # only build-time settings; left out when default
             out["ray"] = self.ray.model_dump()
+        if self.server != ServerParams():  # only serving settings; left out when default
+            out["server"] = self.server.model_dump()
         return out
 
 
@@ -161,6 +190,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConf
         stages[kind] = _parse_stage(kind, raw.get(kind), source)
     chunking = validate_params(ChunkingParams, raw.get("chunking") or {}, "chunking", source)
     ray = validate_params(RayParams, raw.get("ray") or {}, "ray", source)
+    server = validate_params(ServerParams, raw.get("server") or {}, "server", source)
     retriever, reranker = stages["retriever"], stages["reranker"]
     top_k = retriever.params.top_k
     if reranker is not None and reranker.params.top_n > top_k:
@@ -176,6 +206,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConf
         chunking=chunking,
         source=source,
         ray=ray,
+        server=server,
     )
 
 

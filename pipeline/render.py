@@ -13,18 +13,30 @@ from rich.text import Text
 from pipeline.types import Hit, PipelineResult
 
 
-def result_to_dict(result: PipelineResult) -> dict[str, Any]:
-    """A JSON-ready dict: both lists, timings in milliseconds."""
-    return {
+def result_to_dict(
+    result: PipelineResult, *, config: str | None = None, index_version: str | None = None
+) -> dict[str, Any]:
+    """A JSON-ready dict: both lists, timings in milliseconds; ``config`` and ``index_version`` when given."""
+    out = {
         "query": result.query,
         "retrieved": [_hit_dict(h) for h in result.retrieved],
         "reranked": None if result.reranked is None else [_hit_dict(h) for h in result.reranked],
         "timings_ms": {k: round(v * 1000, 2) for k, v in result.timings.items()},
     }
+    if config is not None:
+        out["config"] = config
+    if index_version is not None:
+        out["index_version"] = index_version
+    return out
 
 
 def result_to_json(result: PipelineResult) -> str:
     return json.dumps(result_to_dict(result), ensure_ascii=False, indent=2)
+
+
+def hit_to_dict(hit: Hit) -> dict[str, Any]:
+    """One hit as a JSON-ready dict, with its ``rank_change``."""
+    return _hit_dict(hit)
 
 
 def _hit_dict(hit: Hit) -> dict[str, Any]:

@@ -102,12 +102,24 @@ class CrossEncoderReranker:
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """Relevance of each passage to the query, float32 in 0..1, in input order."""
+        return self.score_many([(query, passages)])[0]
+
+    def score_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+        """:meth:`score` for several ``(query, passages)`` requests, all pairs in one length-sorted run.
+
+        Used by the server's micro-batching queue: pairs of concurrent requests share batches.
+        """
         import torch
 
-        if len(passages) == 0:
-            return np.zeros(0, dtype=np.float32)
+        sizes = [len(passages) for _, passages in requests]
+        if sum(sizes) == 0:
+            return [np.zeros(0, dtype=np.float32) for _ in sizes]
         model = self.model
-        features = self._tokenize(query, passages)
+        features: dict[str, list[list[int]]] = {}
+        for query, passages in requests:
+            if len(passages):
+                for key, rows in self._tokenize(query, passages).items():
+                    features.setdefault(key, []).extend(rows)
         network = self._network
         device = next(model.model.parameters()).device
         tokenizer = model.tokenizer
@@ -122,7 +134,7 @@ class CrossEncoderReranker:
             [len(ids) for ids in features["input_ids"]], self._batch_size, forward,
             is_oom=lambda exc: isinstance(exc, torch.OutOfMemoryError), on_oom=_empty_cuda_cache,
         )
-        return scores
+        return np.split(scores, np.cumsum(sizes)[:-1])
 
     def _tokenize(self, query: str, passages: Sequence[str]) -> dict[str, list[list[int]]]:
         """Token ids of every (query, passage) pair, unpadded; the query capped first, then the passage."""

@@ -1,0 +1,72 @@
+"""Request bodies of the API (validated by FastAPI; a bad body is a 422 naming the field).
+
+Types are strict: ``"5"`` is not an integer and ``1`` is not a string. The
+Cohere- and TEI-shaped bodies accept (and ignore) the fields those APIs have
+that this server does not use, so their clients work unmodified.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+
+class AskRequest(BaseModel):
+    """``POST /v1/ask``: retrieve ``top_k``, rerank to ``top_n`` (defaults: the config's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: StrictStr = Field(description="the question")
+    top_k: StrictInt | None = Field(None, gt=0, description="candidates to retrieve (default: retriever.top_k)")
+    top_n: StrictInt | None = Field(None, gt=0, description="hits the reranker keeps (default: reranker.top_n)")
+    reranker: StrictBool = Field(True, description="false skips the configured reranker for this request")
+    weight: StrictFloat | None = Field(None, ge=0.0, le=1.0, description="the reranker's share of the final score")
+    filter: dict[str, Any] | list[Any] | None = Field(None, description="metadata filter (not supported yet)")
+    config: StrictStr | None = Field(None, description="name of the config to answer with (default: the first)")
+
+
+class SearchRequest(BaseModel):
+    """``POST /v1/search``: the first stage only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: StrictStr
+    top_k: StrictInt | None = Field(None, gt=0)
+    filter: dict[str, Any] | list[Any] | None = None
+    config: StrictStr | None = None
+
+
+class TextDocument(BaseModel):
+    """A document given as an object; only ``text`` is read."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: StrictStr
+
+
+class CohereRerankRequest(BaseModel):
+    """``POST /v1/rerank`` and ``/v2/rerank`` in Cohere's shape.
+
+    ``model`` picks a served config by name when it matches one; any other value
+    (``rerank-v3.5``) means the default config with a reranker.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    query: StrictStr
+    documents: list[StrictStr | TextDocument]
+    top_n: StrictInt | None = Field(None, gt=0)
+    return_documents: StrictBool | None = None
+
+
+class TeiRerankRequest(BaseModel):
+    """``POST /rerank`` in Text Embeddings Inference's shape."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: StrictStr
+    texts: list[StrictStr]
+    return_text: StrictBool = False
+    raw_scores: StrictBool = False

@@ -1,0 +1,382 @@
+"""The HTTP API (server/): in-process with FastAPI's TestClient, and as a real uvicorn process on a loopback port.
+
+One tiny index is built per module; the real process is started once (with the
+official cohere SDK as its client, concurrent requests, SIGTERM at the end).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("fastapi", reason="needs the 'serve' extra: pip install -e '.[serve]'")
+httpx = pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from indexer.build import build_index  # noqa: E402
+from pipeline.config import ServerParams, load_config  # noqa: E402
+from pipeline.pipeline import Pipeline  # noqa: E402
+from pipeline.render import result_to_dict  # noqa: E402
+from server import create_app  # noqa: E402
+from server.batching import MicroBatcher, QueueFullError  # noqa: E402
+from tests.conftest import ROOT, TINY_DOCS, write_config  # noqa: E402
+
+QUERY = "bone pain from low vitamin D"
+
+
+def _corpus(root, docs):
+    for rel, text in docs.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_embedder_dir, tiny_reranker_dir):
+    """Two configs over one tiny index: ``tiny`` (with the reranker) and ``plain`` (without)."""
+    tmp = tmp_path_factory.mktemp("server")
+    corpus = _corpus(tmp / "corpus", TINY_DOCS)
+    index = tmp / "index"
+    tiny = write_config(tmp / "tiny.yaml", str(tiny_embedder_dir), index, str(tiny_reranker_dir),
+                        server={"max_body_bytes": 20_000, "max_documents": 50, "max_query_chars": 300})
+    plain = write_config(tmp / "plain.yaml", str(tiny_embedder_dir), index)
+    build_index(corpus, load_config(tiny))
+    return {"tmp": tmp, "corpus": corpus, "index": index, "tiny": tiny, "plain": plain}
+
+
+def _wait_ready(client, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+
+
+@pytest.fixture(scope="module")
+def client(setup):
+    app = create_app({"tiny": load_config(setup["tiny"]), "plain": load_config(setup["plain"])})
+    with TestClient(app) as test_client:
+        _wait_ready(test_client)
+        yield test_client
+
+
+def test_ask_is_ask_py_json_plus_config_and_version(client, setup):
+    response = client.post("/v1/ask", json={"query": QUERY, "top_k": 6, "top_n": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = result_to_dict(Pipeline(load_config(setup["tiny"])).ask(QUERY, 6, 3))
+    assert set(body) == {*expected, "config", "index_version"}
+    assert body["config"] == "tiny" and body["index_version"].startswith("v-")
+    for key in ("query", "retrieved", "reranked"):
+        assert _rounded(body[key]) == _rounded(expected[key]), key
+    hit = body["reranked"][0]
+    assert set(hit) >= {"chunk_id", "doc_id", "text", "source", "position", "score", "rank", "retrieval_score",
+                        "retrieval_rank", "title", "rank_change"}
+    assert {"embed", "search", "retrieve", "rerank", "total"} <= set(body["timings_ms"])
+
+
+def _rounded(hits):
+    if hits is None or isinstance(hits, str):
+        return hits
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in hits]
+
+
+def test_configs_reranker_switch_weight_and_shared_stages(client):
+    listing = client.get("/v1/configs").json()
+    assert listing["default"] == "tiny"
+    by_name = {c["name"]: c for c in listing["configs"]}
+    assert by_name["tiny"]["reranker"] is True and by_name["tiny"]["top_n"] == 3 and by_name["tiny"]["weight"] == 1.0
+    assert by_name["plain"]["reranker"] is False and by_name["plain"]["top_k"] == 10
+    plain = client.post("/v1/ask", json={"query": QUERY, "config": "plain"}).json()
+    assert plain["reranked"] is None and plain["config"] == "plain"
+    off = client.post("/v1/ask", json={"query": QUERY, "reranker": False}).json()
+    assert off["reranked"] is None and off["retrieved"] == plain["retrieved"]
+    mixed = client.post("/v1/ask", json={"query": QUERY, "weight": 0.0, "top_n": 10}).json()
+    assert [h["chunk_id"] for h in mixed["reranked"]] == [h["chunk_id"] for h in mixed["retrieved"]]
+    pipelines = client.app.state.pipelines
+    assert pipelines.stage_count("embedder") == 1  # both configs share one loaded embedder
+    assert pipelines.served["tiny"].pipeline.index is pipelines.served["plain"].pipeline.index
+
+
+def test_search_is_the_first_stage(client):
+    body = client.post("/v1/search", json={"query": QUERY, "top_k": 4}).json()
+    ask = client.post("/v1/ask", json={"query": QUERY, "top_k": 4, "top_n": 2}).json()
+    assert body["retrieved"] == ask["retrieved"] and body["index_version"] == ask["index_version"]
+
+
+def test_rerank_cohere_and_tei_shapes(client):
+    docs = ["Vitamin D deficiency causes bone pain.", "Python is a programming language.", "The Great Wall."]
+    scorer = client.app.state.pipelines.served["tiny"].pipeline.reranker.inner
+    expected = scorer.score("vitamin D", docs)
+    order = list(np.argsort(-expected, kind="stable"))
+    body = client.post("/v1/rerank", json={"query": "vitamin D", "documents": [docs[0], {"text": docs[1]}, docs[2]],
+                                           "top_n": 2, "return_documents": True, "model": "rerank-v3.5"}).json()
+    assert [r["index"] for r in body["results"]] == order[:2]
+    np.testing.assert_allclose([r["relevance_score"] for r in body["results"]], expected[order[:2]], atol=1e-5)
+    assert body["results"][0]["document"] == {"text": docs[order[0]]} and body["id"] and body["meta"]
+    tei = client.post("/rerank", json={"query": "vitamin D", "texts": docs, "return_text": True}).json()
+    assert [r["index"] for r in tei] == order and tei[0]["text"] == docs[order[0]]
+    assert all(0.0 <= r["score"] <= 1.0 for r in tei)
+    assert "document" not in client.post("/v2/rerank", json={"query": "q", "documents": docs}).json()["results"][0]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/ask", {"query": ""}, 422),
+        ("/v1/ask", {"query": "   \n "}, 422),
+        ("/v1/ask", {}, 422),
+        ("/v1/ask", {"query": 5}, 422),
+        ("/v1/ask", {"query": "q", "top_k": "5"}, 422),
+        ("/v1/ask", {"query": "q", "top_k": 0}, 422),
+        ("/v1/ask", {"query": "q", "top_k": 2, "top_n": 3}, 422),
+        ("/v1/ask", {"query": "q", "weight": 1.5}, 422),
+        ("/v1/ask", {"query": "q", "reranker": "yes"}, 422),
+        ("/v1/ask", {"query": "q", "unknown": 1}, 422),
+        ("/v1/ask", {"query": "q", "config": "nope"}, 422),
+        ("/v1/ask", {"query": "q" * 301}, 422),
+        ("/v1/ask", {"query": "q", "filter": {"source": "a.md"}}, 400),
+        ("/v1/ask", ["q"], 422),
+        ("/v1/search", {"query": "q", "filter": [{"a": 1}]}, 400),
+        ("/v1/rerank", {"query": "q", "documents": []}, 422),
+        ("/v1/rerank", {"query": "q", "documents": [1, 2]}, 422),
+        ("/v1/rerank", {"query": "q", "documents": ["d"] * 51}, 413),
+        ("/v1/rerank", {"query": "q", "documents": ["d"], "top_n": -1}, 422),
+        ("/rerank", {"query": "q"}, 422),
+        ("/v1/ask", {"query": "q" * 30_000}, 413),
+    ],
+)
+def test_bad_input_is_a_json_error(client, path, body, status):
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    data = response.json()
+    assert set(data) == {"error", "message"} and data["message"]
+    assert "Traceback" not in response.text
+
+
+def test_malformed_json_filter_message_and_unknown_route(client):
+    response = client.post("/v1/ask", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"] == "invalid_request"
+    response = client.post("/v1/ask", json={"query": "q", "filter": {"year": 2020}})
+    assert "filters are not supported by this index yet" in response.json()["message"]
+    assert client.post("/v1/ask", json={"query": "q", "filter": {}}).status_code == 200  # empty: accepted
+    assert client.get("/v1/nothing").status_code == 404 and client.get("/v1/nothing").json()["error"] == "not_found"
+    assert client.get("/v1/ask").status_code == 405
+
+
+def test_health_metrics_docs_and_page(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    client.post("/v1/ask", json={"query": QUERY})
+    text = client.get("/metrics").text
+    assert 'rag_requests_total{endpoint="/v1/ask",method="POST",status="200"}' in text
+    assert 'rag_request_seconds_bucket{endpoint="/v1/ask"' in text
+    assert 'rag_stage_seconds_count{stage="rerank"}' in text and 'rag_stage_seconds_count{stage="embed"}' in text
+    assert client.get("/docs").status_code == 200 and "/v1/rerank" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and "html" in page.headers["content-type"]
+
+
+def test_api_key_and_not_ready(setup, monkeypatch):
+    monkeypatch.setenv("RAG_API_KEY", "s3cret")
+    app = create_app({"tiny": load_config(setup["tiny"])}, load=False)
+    with TestClient(app) as test_client:
+        assert test_client.post("/v1/ask", json={"query": "q"}).status_code == 401
+        wrong = test_client.post("/v1/ask", json={"query": "q"}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
+        auth = {"Authorization": "Bearer s3cret"}
+        not_ready = test_client.post("/v1/ask", json={"query": "q"}, headers=auth)
+        assert not_ready.status_code == 503 and not_ready.headers["retry-after"]
+        assert test_client.get("/readyz").status_code == 503 and test_client.get("/healthz").status_code == 200
+        app.state.pipelines.load()
+        assert test_client.post("/v1/ask", json={"query": QUERY}, headers=auth).status_code == 200
+
+
+class _SlowScorer:
+    """Records the requests of each batch; sleeps to let requests pile up."""
+
+    def __init__(self, delay=0.05):
+        self.delay = delay
+        self.batches = []
+
+    def score_many(self, requests):
+        self.batches.append(len(requests))
+        time.sleep(self.delay)
+        return [np.full(len(p), 0.5, dtype=np.float32) for _, p in requests]
+
+    def score(self, query, passages):
+        return self.score_many([(query, passages)])[0]
+
+
+def test_micro_batching_shares_batches_and_bounds_the_queue():
+    scorer = _SlowScorer()
+    batcher = MicroBatcher(scorer, wait_ms=20, max_pairs=100, max_queue=100)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: batcher.score(f"q{i}", ["a", "b"]), range(8)))
+    assert all(len(r) == 2 for r in results) and len(scorer.batches) < 8 and max(scorer.batches) > 1
+    off = _SlowScorer(delay=0.0)
+    unbatched = MicroBatcher(off, enabled=False)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: unbatched.score("q", ["a"]), range(4)))
+    assert off.batches == [1, 1, 1, 1]
+    full = MicroBatcher(_SlowScorer(delay=0.3), wait_ms=0, max_queue=1)
+    outcomes = []
+
+    def call():
+        try:
+            outcomes.append(full.score("q", ["a"]))
+        except QueueFullError:
+            outcomes.append("full")
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join()
+    assert "full" in outcomes and any(not isinstance(o, str) for o in outcomes)
+    batcher.close()
+    full.close()
+
+
+def test_queue_full_is_503_with_retry_after(setup, monkeypatch):
+    app = create_app({"tiny": load_config(setup["tiny"])}, load=False)
+    app.state.pipelines.load()
+    with TestClient(app) as test_client:
+        batcher = app.state.pipelines.batchers[0]
+        monkeypatch.setattr(batcher, "score", lambda q, p: (_ for _ in ()).throw(QueueFullError("queue is full")))
+        response = test_client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert test_client.post("/v1/ask", json={"query": QUERY}).status_code == 503
+
+
+def test_hot_swap_while_answering(client, setup):
+    """A rebuild swaps CURRENT while a client asks in a loop: every answer is one version's, both are seen."""
+    added = {"new/sunlight.md": "# Sunlight\nSunlight on skin makes vitamin D; ten minutes a day is often enough."}
+    before = set(TINY_DOCS)
+    after = before | set(added)
+    old_version = client.post("/v1/ask", json={"query": QUERY}).json()["index_version"]
+    answers, stop = [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            answers.append(client.post("/v1/ask", json={"query": QUERY, "top_k": 200, "top_n": 1}).json())
+
+    worker = threading.Thread(target=loop)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        _corpus(setup["corpus"], added)
+        build_index(setup["corpus"], load_config(setup["tiny"]))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(a.get("index_version") != old_version for a in answers[-3:]):
+            time.sleep(0.05)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        worker.join()
+    versions = {a["index_version"] for a in answers}
+    assert len(versions) == 2 and old_version in versions, versions
+    for answer in answers:
+        sources = {h["source"] for h in answer["retrieved"]}
+        assert sources == (before if answer["index_version"] == old_version else after), answer["index_version"]
+    # the answers of the other config moved too, sharing the models
+    assert client.post("/v1/ask", json={"query": QUERY, "config": "plain"}).json()["index_version"] != old_version
+    assert client.app.state.pipelines.stage_count("embedder") == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_real_server_with_the_cohere_sdk_concurrency_and_sigterm(setup):
+    cohere = pytest.importorskip("cohere")
+    port = _free_port()
+    env = {**os.environ, "RAG_API_KEY": "k", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "serve.py"), "--config", f"tiny={setup['tiny']}",
+         "--config", str(setup["plain"]), "--port", str(port), "--set", "server.batch_wait_ms=300"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": "Bearer k"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        docs = ["Vitamin D deficiency causes bone pain.", "Python is a language.", "Iron deficiency anemia."]
+        v1 = cohere.Client(api_key="k", base_url=base).rerank(query="vitamin D", documents=docs, top_n=2,
+                                                              return_documents=True)
+        v2 = cohere.ClientV2(api_key="k", base_url=base).rerank(model="tiny", query="vitamin D", documents=docs)
+        assert [r.index for r in v1.results] == [r.index for r in v2.results][:2]
+        assert v1.results[0].relevance_score >= v1.results[1].relevance_score and v1.results[0].document.text
+        with pytest.raises(cohere.core.ApiError) as info:
+            cohere.ClientV2(api_key="wrong", base_url=base).rerank(model="x", query="q", documents=docs)
+        assert info.value.status_code == 401
+        with httpx.Client(base_url=base, headers=auth, timeout=30) as http, ThreadPoolExecutor(8) as pool:
+            bodies = [{"query": f"{QUERY} {i}", "config": ["tiny", "plain"][i % 2]} for i in range(16)]
+            answers = list(pool.map(lambda b: http.post("/v1/ask", json=b), bodies))
+            assert [a.status_code for a in answers] == [200] * 16
+            assert {a.json()["config"] for a in answers} == {"tiny", "plain"}
+            metrics = http.get("/metrics").text
+            batched = [line for line in metrics.splitlines() if line.startswith("rag_rerank_batch_requests_sum")]
+            count = [line for line in metrics.splitlines() if line.startswith("rag_rerank_batch_requests_count")]
+            assert float(batched[0].split()[-1]) > float(count[0].split()[-1])  # some batch held several requests
+            # SIGTERM while a request waits in the rerank queue (300 ms): it still gets its answer
+            in_flight = pool.submit(http.post, "/v1/rerank", json={"query": "q", "documents": docs})
+            time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            assert in_flight.result().status_code == 200
+        assert proc.wait(timeout=20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.stdout.read()
+    assert "Traceback" not in output, output
+
+
+def test_server_over_a_milvus_lite_index(tmp_path, tiny_corpus, tiny_embedder_dir, tiny_reranker_dir):
+    pytest.importorskip("pymilvus", reason="needs the 'scale' extra")
+    pytest.importorskip("milvus_lite", reason="Milvus Lite has no wheel for this platform")
+    path = write_config(tmp_path / "m.yaml", str(tiny_embedder_dir), tmp_path / "index", str(tiny_reranker_dir))
+    raw = yaml.safe_load(path.read_text())
+    raw["index"] = {"type": "milvus", "path": str(tmp_path / "index")}
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    build_index(tiny_corpus, config)
+    with TestClient(create_app({"milvus": config})) as test_client:
+        _wait_ready(test_client)
+        body = test_client.post("/v1/ask", json={"query": QUERY, "top_k": 5}).json()
+        assert len(body["retrieved"]) == 5 and len(body["reranked"]) == 3 and body["config"] == "milvus"
+        expected = Pipeline(config).retriever.search([QUERY], 5)[0]
+        assert [h["chunk_id"] for h in body["retrieved"]] == [h.chunk_id for h in expected]
+
+
+def test_server_section_is_validated(tmp_path, tiny_embedder_dir):
+    from pipeline.errors import ConfigError
+
+    path = write_config(tmp_path / "c.yaml", str(tiny_embedder_dir), tmp_path / "i", server={"port": 70000})
+    with pytest.raises(ConfigError, match="server.port"):
+        load_config(path)
+    assert load_config(write_config(tmp_path / "d.yaml", str(tiny_embedder_dir), tmp_path / "i")).server == ServerParams()
