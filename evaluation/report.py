@@ -9,12 +9,12 @@ import platform
 import subprocess
 import sys
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from evaluation.metrics import Comparison
 from evaluation.runner import EvaluationReport
+from pipeline.versions import package_versions
 
 PLOT = "quality_vs_latency.png"
 HEADLINE = "ndcg@10"
@@ -39,18 +39,16 @@ def machine_info() -> dict[str, Any]:
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-    for package in ("torch", "sentence-transformers", "faiss-cpu", "bm25s", "ranx", "jieba", "PyStemmer"):
-        try:
-            info[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
+    info.update(package_versions(
+        ("torch", "sentence-transformers", "faiss-cpu", "bm25s", "ranx", "jieba", "PyStemmer"), runtime=False
+    ))
     return info
 
 
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parents[2])
+                             cwd=Path(__file__).resolve().parents[1])
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None

@@ -319,6 +319,27 @@ def latency_summary(timings: Sequence[dict[str, float]]) -> dict[str, dict[str, 
     return out
 
 
+class _Once(logging.Filter):
+    """Let each distinct message through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def _warn_once(logger_name: str) -> None:
+    target = logging.getLogger(logger_name)
+    if not any(isinstance(f, _Once) for f in target.filters):
+        target.addFilter(_Once())
+
+
 def evaluate_configs(
     collection: Collection,
     specs: Sequence[ConfigSpec],
@@ -343,6 +364,7 @@ def evaluate_configs(
 
     if not specs:
         raise ConfigError("give at least one --config")
+    _warn_once("indexer.corpus")  # the corpus is read to hash it, then again by each index build
     if stat_test not in ("student", "fisher"):
         raise ConfigError(f"stat_test must be 'student' or 'fisher', got {stat_test!r}")
     seconds: dict[str, float] = {}

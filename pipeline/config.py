@@ -5,10 +5,18 @@ The file has one section per stage (``embedder``, ``index``, ``retriever``,
 with ``type:`` (looked up in :mod:`pipeline.registry`); its other keys are
 validated by that class's ``Params`` model, so an unknown key, a wrong value
 type or an unknown type fails here, with the key's path in the message.
+
+Relative paths: one rule for every key that names a file or folder (index
+paths, model folders, Ray's output): written in a config file, a relative path
+is relative to that file's folder, so a config works from any working
+directory; given on the command line (``--set``, ``--index``), it is relative
+to the working directory, as shells expect.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +65,8 @@ class RayParams(StageParams):
     model actors: one per GPU when the cluster has GPUs, otherwise one per
     ``cpus_per_actor`` CPUs (Ray gives each actor that many OpenMP threads).
     """
+
+    path_keys = ("output", "temp_dir")
 
     address: str | None = None
     actors: PositiveInt | None = None
@@ -154,9 +164,51 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConf
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    resolve_paths(raw, path.resolve().parent)
     for override in overrides:
         apply_override(raw, override)
     return parse_config(raw, source=str(path))
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of a config file absolute against its folder ``base``, in place.
+
+    The keys are those each section's ``Params`` names in ``path_keys`` and ``model_keys``
+    (a model key is rewritten only when it looks like a path, ``./x`` or ``../x``, or names
+    an existing folder there; otherwise it stays a hub id). Paths given on the command line
+    (``--set``, ``--index``) are not touched: they are relative to the working directory.
+    """
+    for section, params in _section_params(raw):
+        values = raw[section]
+        for key in (*params.path_keys, *params.model_keys):
+            value = values.get(key)
+            if not isinstance(value, str) or not value or _is_absolute_or_remote(value):
+                continue
+            candidate = base / value
+            if key in params.path_keys or value.startswith(("./", "../")) or candidate.is_dir():
+                values[key] = os.path.normpath(candidate)
+
+
+def _section_params(raw: Mapping[str, Any]):
+    """(section name, Params class) of each section of ``raw`` whose class is known."""
+    for section, value in raw.items():
+        if not isinstance(value, dict):
+            continue
+        if section == "ray":
+            yield section, RayParams
+        elif section in STAGE_KINDS and isinstance(value.get("type"), str):
+            try:
+                yield section, registry.lookup(section, value["type"]).Params
+            except ConfigError:
+                continue  # reported with the other validation errors
+
+
+def _is_absolute_or_remote(value: str) -> bool:
+    return (
+        value.startswith(("~", "bundled:"))
+        or Path(value).is_absolute()
+        or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value) is not None
+    )
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -249,7 +301,9 @@ def validate_params(model: type[BaseModel], data: Any, prefix: str, source: str 
 def _describe(err: Mapping[str, Any], model: type[BaseModel], prefix: str) -> str:
     loc = ".".join(str(p) for p in (prefix, *err["loc"]))
     if err["type"] == "extra_forbidden":
-        valid = ", ".join(model.model_fields)
+        head = prefix.split(".")[0]
+        extra = ["type", *(["enabled"] if head in OPTIONAL_STAGES else [])] if head in STAGE_KINDS else []
+        valid = ", ".join([*extra, *model.model_fields])
         return f"unknown key '{loc}'; valid keys: {valid}"
     if err["type"] == "literal_error":
         return f"{loc}: {err['msg']}, got {err.get('input')!r}"

@@ -26,6 +26,7 @@ class SentenceTransformerEmbedder:
     """
 
     class Params(StageParams):
+        model_keys = ("model",)
         model: str
         batch_size: PositiveInt = 32
         max_length: PositiveInt | None = None

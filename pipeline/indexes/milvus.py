@@ -69,6 +69,7 @@ class MilvusIndex:
     """A Milvus collection of float32 (n, dim) vectors, searched by inner product."""
 
     class Params(StageParams):
+        path_keys = ("path", "uri")  # a server URL in ``uri`` is left as it is
         path: str = "indexes/default"
         uri: str | None = None
         collection: str = Field("rerank_rag", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,180}$")

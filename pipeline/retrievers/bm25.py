@@ -121,6 +121,8 @@ class LexicalIndex:
     def __init__(self, params: LexicalParams, texts: Sequence[str]) -> None:
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)  # bm25s forces DEBUG on import; follow ours
+
         self.tokenizer = Tokenizer(params)
         start = time.perf_counter()
         tokens = self.tokenizer.tokenize_many(texts)

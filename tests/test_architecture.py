@@ -1,0 +1,109 @@
+"""The stage contract and the worked example of docs/architecture.md, run as written."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from indexer.build import build_index
+from pipeline import ConfigError, Pipeline, registry
+from pipeline.config import load_config
+from pipeline.protocols import Embedder, Reranker, Retriever, VectorIndex
+from tests.conftest import ROOT, write_config
+
+DOC = ROOT / "docs" / "architecture.md"
+
+
+@pytest.fixture()
+def example_stages():
+    """Execute the doc's Python block (it registers two stages); unregister them afterwards."""
+    block = re.search(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, str(DOC), "exec", dont_inherit=True), namespace)  # noqa: S102 - the project's own documentation
+    yield namespace
+    registry.unregister("retriever", "keyword")
+    registry.unregister("reranker", "shortest-first")
+
+
+def test_worked_example_runs_through_the_pipeline(example_stages, tmp_path, tiny_embedder_dir, tiny_corpus):
+    config = write_config(tmp_path / "custom.yaml", str(tiny_embedder_dir), tmp_path / "index",
+                          retriever={"type": "keyword", "top_k": 6})
+    text = config.read_text(encoding="utf-8").replace("reranker:\n  enabled: false\n",
+                                                      "reranker:\n  type: shortest-first\n  top_n: 2\n")
+    config.write_text(text, encoding="utf-8")
+    build_index(tiny_corpus, load_config(config))
+
+    pipe = Pipeline.from_yaml(config)
+    result = pipe.ask("vitamin D deficiency bones")
+    assert result.retrieved, "the keyword retriever found nothing"
+    assert all(("vitamin" in h.text.lower()) or ("deficiency" in h.text.lower()) or ("bones" in h.text.lower())
+               for h in result.retrieved)
+    assert len(result.reranked) == 2
+    lengths = [len(h.text.split()) for h in result.reranked]
+    assert lengths == sorted(lengths)  # shortest first, as the toy reranker scores
+    # The keyword retriever requires no embedder, so the pipeline never built one.
+    assert "embedder" not in pipe.__dict__
+    assert isinstance(pipe.retriever, Retriever) and isinstance(pipe.reranker, Reranker)
+
+
+def test_unknown_type_lists_registered_ones_including_new(example_stages, tmp_path, tiny_embedder_dir):
+    config = write_config(tmp_path / "c.yaml", str(tiny_embedder_dir), tmp_path / "i", retriever={"type": "nope"})
+    with pytest.raises(ConfigError, match=r"valid choices: bm25, dense, hybrid, keyword"):
+        load_config(config)
+
+
+def test_builtin_stages_follow_the_contract(tiny_config, tiny_corpus):
+    build_index(tiny_corpus, load_config(tiny_config))
+    pipe = Pipeline.from_yaml(tiny_config).load()
+    assert isinstance(pipe.embedder, Embedder)
+    assert isinstance(pipe.index.vectors, VectorIndex)
+    assert isinstance(pipe.retriever, Retriever)
+    assert isinstance(pipe.reranker, Reranker)
+
+
+def test_registration_rejects_a_stage_without_params_or_requires():
+    class NoParams:
+        requires = ("index",)
+
+    class NoRequires:
+        class Params:
+            pass
+
+    with pytest.raises(TypeError, match="Params"):
+        registry.register("retriever", "bad", NoParams)
+    with pytest.raises(TypeError, match="requires"):
+        registry.register("retriever", "bad", NoRequires)
+    NoParams.Params = NoRequires.Params
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("retriever", "dense", NoParams)
+
+
+def test_relative_paths_in_a_config_follow_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / "conf"
+    (folder / "models" / "mine").mkdir(parents=True)
+    config = folder / "c.yaml"
+    config.write_text(
+        "embedder: {type: sentence-transformers, model: BAAI/bge-m3}\n"
+        "index: {type: faiss, path: ../idx}\n"
+        "retriever: {type: dense}\n"
+        "reranker: {type: cross-encoder, model: models/mine}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path / "conf" / "models")  # anywhere else
+    cfg = load_config(config, ["ray.output=out"])
+    assert cfg.index.params.path == str(tmp_path / "idx")
+    assert cfg.reranker.params.model == str(folder / "models" / "mine")
+    assert cfg.embedder.params.model == "BAAI/bge-m3"  # a hub id stays one
+    assert cfg.ray.output == "out"  # the command line's paths follow the working directory
+
+
+def test_top_k_zero_is_an_error_not_the_default(tiny_config, tiny_corpus):
+    from pipeline import InputError
+
+    build_index(tiny_corpus, load_config(tiny_config))
+    pipe = Pipeline.from_yaml(tiny_config)
+    for bad in ({"top_k": 0}, {"top_n": 0}, {"top_k": -1}, {"weight": 1.5}):
+        with pytest.raises(InputError):
+            pipe.ask("vitamin D", **bad)
+    assert pipe.ask("vitamin D", rerank=False).reranked is None
