@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,6 +50,13 @@ class Collection:
             return self
         keep = set(random.Random(seed).sample(ids, n))
         ids = [q for q in ids if q in keep]
+        return replace(self, queries={q: self.queries[q] for q in ids}, qrels={q: self.qrels[q] for q in ids},
+                       subset_of=len(self.queries))
+
+    def select(self, query_ids: Iterable[str]) -> Collection:
+        """Only the judged queries among ``query_ids`` (file order kept), e.g. a dev split carved from train."""
+        keep = set(query_ids)
+        ids = [q for q in self.queries if q in keep]
         return replace(self, queries={q: self.queries[q] for q in ids}, qrels={q: self.qrels[q] for q in ids},
                        subset_of=len(self.queries))
 

@@ -12,8 +12,11 @@ import torch
 from conftest import write_config
 
 import training
+from evaluation.collection import load_collection
 from pipeline.config import load_config
-from pipeline.errors import CorpusError, InputError
+from pipeline.errors import CorpusError, InputError, MissingDependencyError
+from pipeline.scoring import mix_scores, rank_by_scores
+from pipeline.types import Hit
 
 LONG = " ".join(["vitamin", "deficiency", "causes", "bone", "pain", "and", "muscle", "weakness"] * 5)
 DOCS = {
@@ -89,17 +92,43 @@ def test_groups_exclude_judged_positives_and_hold_back_dev(collection, config, t
     assert pseudo[0].positive == LONG and all(n in {t for _, t in DOCS.values()} for n in pseudo[0].negatives)
     assert len(data.dev[0].candidates) == 4
     assert data.sources[0]["labelled_groups"] == 4
-    dev_ids = training.dev_query_ids(training.read_collection(collection, "train"), 1, seed=3)
+    dev_ids = training.dev_query_ids(load_collection(collection, "train"), 1, seed=3)
     assert [d.query_id for d in data.dev] == dev_ids, "measuring on dev must see the queries training held back"
 
 
-def test_interpolate_scales_each_list_then_mixes():
+def test_weight_is_the_cross_encoders_share_when_mixing():
     ce, first = [0.9, 0.1, 0.5], [10.0, 30.0, 20.0]
-    assert training.interpolate(ce, first, 0.0) == pytest.approx([1.0, 0.0, 0.5])
-    assert training.interpolate(ce, first, 1.0) == pytest.approx([0.0, 1.0, 0.5])
-    assert training.interpolate(ce, first, 0.25) == pytest.approx([0.75, 0.25, 0.5])
-    assert training.interpolate([0.3, 0.3], [2.0, 1.0], 0.5) == pytest.approx([0.5, 0.0])
-    assert training.interpolate([], [], 0.5) == []
+    assert mix_scores(ce, first, 1.0) == pytest.approx(ce)  # the reranker alone: its own scores
+    assert mix_scores(ce, first, 0.0) == pytest.approx([0.0, 1.0, 0.5])  # the first stage's order
+    assert mix_scores(ce, first, 0.75) == pytest.approx([0.75, 0.25, 0.5])
+    assert mix_scores([0.3, 0.3], [2.0, 1.0], 0.5) == pytest.approx([1.0, 0.5])
+    assert list(mix_scores([], [], 0.5)) == []
+
+
+def _old_interpolate(ce, first, first_weight) -> list[float]:
+    """The mix training used before (the first stage's weight; constant lists scaled to 0), as an oracle."""
+    def minmax(values):
+        low, high = min(values), max(values)
+        return [(v - low) / (high - low) if high > low else 0.0 for v in values]
+
+    return [(1 - first_weight) * c + first_weight * f for c, f in zip(minmax(ce), minmax(first))]
+
+
+@pytest.mark.parametrize("first_weight", [0.0, 0.1, 0.3, 0.4, 0.5, 0.7, 0.9, 1.0])
+def test_mixing_ranks_as_training_did_with_one_minus_the_first_stage_weight(first_weight):
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n = int(rng.integers(1, 30))
+        ce = rng.random(n).round(2 if trial % 2 else 6).tolist()  # coarse values give ties
+        first = np.sort(rng.random(n))[::-1].round(2 if trial % 3 else 6).tolist()  # best first, as retrieved
+        hits = [Hit(f"c{i}", f"d{i}", "", "", 0, s, i + 1, s, i + 1) for i, s in enumerate(first)]
+        mixed = rank_by_scores(hits, mix_scores(ce, first, 1.0 - first_weight))
+        assert [h.rank - 1 for h in mixed] == list(range(n))
+        # The old ranking, tie-aware: sorted by the old score, with scores equal within float32 rounding
+        # (the old mix ran in float64) in either order.
+        old = _old_interpolate(ce, first, first_weight)
+        order = [int(h.doc_id[1:]) for h in mixed]
+        assert all(old[a] >= old[b] - 1e-6 for a, b in zip(order, order[1:]))
 
 
 def test_jsonl_groups_and_bad_input(tmp_path):
@@ -152,7 +181,6 @@ def test_saved_model_round_trips_through_the_reranker_stage(collection, config, 
     from sentence_transformers.cross_encoder import CrossEncoder
 
     from pipeline.rerankers.cross_encoder import CrossEncoderReranker
-    from pipeline.types import Hit
 
     data = training.load_groups(collection, "train", config, cache_dir=tmp_path / "cache", num_negatives=3,
                                 mine_top_k=6, dev_queries=1, dev_top_k=5, seed=0)
@@ -198,3 +226,71 @@ def test_command_refuses_a_test_split(collection, capsys):
     code = run(script.main, ["--data", str(collection), "--split", "test", "--base", "x", "--out", "y"])
     assert code == 2
     assert "training on a test split is not allowed" in capsys.readouterr().err
+
+
+def test_missing_training_package_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, "accelerate", None)  # as if not installed
+    group = training.TrainingGroup("q", "p", ("n",), "jsonl")
+    with pytest.raises(MissingDependencyError, match=r"package 'accelerate'.*pip install -e '\.\[train\]'"):
+        training.train_reranker([group], [], _settings(tmp_path, "unused"))
+
+
+def test_measuring_goes_through_the_reranker_stage(collection, config, tiny_reranker_dir, tmp_path):
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    model = CrossEncoder(str(tiny_reranker_dir), device="cpu", max_length=64)
+    stage = training.reranker_stage(model, max_length=64)
+    scorer = training.PairScores(stage)
+    stages = {"dense": {"type": "dense", "top_k": 5}}
+    m = training.measure_reranking(collection, "train", config, scorer, cache_dir=tmp_path / "cache",
+                                   first_stages=stages, top_k=5, weights=[0.0, 0.5])
+    r = m["results"]["dense"]
+    assert m["queries"] == 5 and not m["query_subset"] and set(r["mixed"]) == {"0", "0.5", "1"}
+    assert r["mixed"]["0"] == r["first_stage"], "weight 0 keeps the first stage's order"
+    assert r["reranked"] == r["mixed"]["1"] and r["delta"] == pytest.approx(r["reranked"] - r["first_stage"], abs=1e-4)
+    # Weight 1 is exactly what the pipeline's reranker stage returns for the first stage's hits.
+    first = training.FirstStage(config, load_collection(collection, "train"), tmp_path / "cache")
+    qrels = load_collection(collection, "train").qrels
+    rankings = {}
+    for qid, (text, _) in QUERIES.items():
+        hits = first.hits([text], 5)[0]
+        rankings[qid] = [h.doc_id for h in stage.rerank(text, hits, top_n=5, weight=1.0)]
+    from evaluation.metrics import evaluate_rankings
+
+    assert evaluate_rankings(qrels, rankings, ["ndcg@10"]).means["ndcg@10"] == pytest.approx(r["reranked"], abs=1e-4)
+    assert scorer.scored == 25, "each (query, passage) pair is scored once, whatever the weights"
+    # A dev subset by query ids.
+    dev = training.measure_reranking(collection, "train", config, scorer, cache_dir=tmp_path / "cache",
+                                     first_stages=stages, top_k=5, query_ids=["q2", "q4"])
+    assert dev["queries"] == 2 and dev["query_subset"] and scorer.scored == 25
+
+
+def test_command_trains_measures_and_writes_the_card(collection, config, tiny_reranker_dir, tmp_path, capsys):
+    from commands import train as script
+    from commands.common import run
+
+    out = tmp_path / "model"
+    args = ["--config", config.source, "--data", str(collection), "--base", str(tiny_reranker_dir), "--out", str(out),
+            "--work-dir", str(tmp_path / "ckpt"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+            "--max-length", "64", "--batch-size", "2", "--negatives", "2", "--mine-top-k", "6", "--dev-queries", "2",
+            "--dev-top-k", "5", "--max-steps", "2", "--save-steps", "2", "--eval-dev", "--eval-top-k", "5",
+            "--eval-weights", "0,0.5"]
+    assert run(script.main, args) == 0, capsys.readouterr().err
+    saved = json.loads((out / "training_report.json").read_text())
+    assert saved["weight"].startswith("the cross-encoder's share")
+    dev = saved["measurements"][0]
+    assert set(dev["results"]["dense"]["mixed"]) == {"0", "0.5", "1"} and dev["split"] == "train (dev queries)"
+    assert saved["report"]["dev_history"], "each checkpoint is scored on dev through the reranker stage"
+    card = (out / "README.md").read_text()
+    assert "the cross-encoder's share" in card and "| mixed |" in card
+    # Measuring again without training keeps the report; an old report's first-stage weights are converted.
+    expected = json.loads(json.dumps(saved["measurements"]))
+    for m in saved["measurements"]:
+        for r in m["results"].values():
+            r["interpolated"] = {f"{1 - float(w):g}": v for w, v in r.pop("mixed").items()}
+        m["chosen_weights"] = {k: round(1 - w, 6) for k, w in m["chosen_weights"].items()}
+    old = {k: v for k, v in saved.items() if k != "weight"}
+    (out / "training_report.json").write_text(json.dumps(old))
+    assert run(script.main, [a for a in args if a != "--eval-dev"] + ["--skip-training"]) == 0
+    again = json.loads((out / "training_report.json").read_text())
+    assert again["measurements"] == expected and "weight" in again

@@ -100,6 +100,19 @@ class CrossEncoderReranker:
                     else "fp32")
         return model
 
+    @classmethod
+    def from_model(cls, model, params: Params) -> CrossEncoderReranker:
+        """A stage around an already loaded sentence-transformers ``CrossEncoder`` (one just trained, say).
+
+        The model is used as it is (device, dtype, no int8): only the scoring and ranking of the
+        stage apply, so a model in memory is measured exactly as the pipeline will rerank with it.
+        """
+        stage = cls(params)
+        stage.__dict__["model"] = model  # what the cached ``model`` property would have loaded
+        stage._network = model.model
+        model.eval()
+        return stage
+
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """Relevance of each passage to the query, float32 in 0..1, in input order."""
         return self.score_many([(query, passages)])[0]
