@@ -122,7 +122,8 @@ def main() -> int:
     for n in args.sizes:
         for r in run(n, args.queries, {t.strip() for t in args.types.split(",")}):
             print(f"| {r['n']:,} | {r['index']} | {r['setting'] or '-'} | {r['build_s']:.1f} | "
-                  f"{r['bytes_per_vector']:.0f} | {r['qps']:.0f} | {r['speedup']:.1f} | {r['recall@50']:.3f} |", flush=True)
+                  f"{r['bytes_per_vector']:.0f} | {r['qps']:.0f} | {r['speedup']:.1f} | {r['recall@50']:.3f} |",
+                  flush=True)
     return 0
 
 

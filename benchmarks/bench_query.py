@@ -45,7 +45,8 @@ def main() -> int:
     collection = load_collection(SHARED_DATA / "scifact", "test")
     base = load_config(args.config)
     key = index_key(base, corpus_hash(read_corpus(collection.corpus_path).documents))
-    index_path, _ = ensure_index(collection.corpus_path, base, cached_index_path(ROOT / "runs" / "cache", "scifact", key), key)
+    cached = cached_index_path(ROOT / "runs" / "cache", "scifact", key)
+    index_path, _ = ensure_index(collection.corpus_path, base, cached, key)
 
     pipes = {}
     for spec in args.variant or DEFAULT_VARIANTS:
@@ -69,11 +70,12 @@ def main() -> int:
     first = next(iter(pipes.values()))
     reranker = first.config.reranker
     print(f"\nconfig: {args.config}; index: {first.index.manifest.counts['chunks']} chunks; "
-          f"top_k {first.top_k}, reranker {reranker.params.model if reranker else 'disabled'}; {len(queries)} queries\n")
+          f"top_k {first.top_k}, reranker {reranker.params.model if reranker else 'disabled'}; "
+          f"{len(queries)} queries\n")
     print("| variant | total p50 ms | total p95 ms | embed p50 | search p50 | rerank p50 | rerank p95 |")
     print("|---|---|---|---|---|---|---|")
     for name, rows in timings.items():
-        def pct(stage, q):
+        def pct(stage, q, rows=rows):
             values = [r[stage] for r in rows if stage in r]
             return f"{1000 * np.percentile(values, q):.0f}" if values else "-"
         print(f"| {name} | {pct('total', 50)} | {pct('total', 95)} | {pct('embed', 50)} | {pct('search', 50)} | "

@@ -59,7 +59,8 @@ def candidate_lists(n_queries: int) -> list[tuple[str, list[str]]]:
     collection = load_collection(SHARED_DATA / "scifact", "test")
     config = load_config(ROOT / "configs" / "eval" / "dense.yaml")
     key = index_key(config, corpus_hash(read_corpus(collection.corpus_path).documents))
-    path, _ = ensure_index(collection.corpus_path, config, cached_index_path(ROOT / "runs" / "cache", "scifact", key), key)
+    cached = cached_index_path(ROOT / "runs" / "cache", "scifact", key)
+    path, _ = ensure_index(collection.corpus_path, config, cached, key)
     pipe = Pipeline(config, path)
     out = []
     for qid in sorted(collection.queries)[:n_queries]:
@@ -74,7 +75,8 @@ def unsorted_loop(model, query: str, passages: list[str], batch_size: int) -> np
 
     out = []
     for start in range(0, len(passages), batch_size):
-        batch = model.tokenizer([query] * len(passages[start : start + batch_size]), passages[start : start + batch_size],
+        chunk = passages[start : start + batch_size]
+        batch = model.tokenizer([query] * len(chunk), chunk,
                                 padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt")
         with torch.no_grad():
             out.append(torch.sigmoid(model.model(**batch).logits.view(-1)).numpy())

@@ -11,7 +11,8 @@ def main(argv=None) -> int:
     parser = common_parser(__doc__)
     parser.add_argument("query", help="the question")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--show", type=int, default=10, help="retrieved hits to show beside the reranked ones (default 10)")
+    parser.add_argument("--show", type=int, default=10,
+                        help="retrieved hits to show beside the reranked ones (default 10)")
     parser.add_argument("--top-k", type=int, default=None, help="candidates to retrieve (default: retriever.top_k)")
     parser.add_argument("--top-n", type=int, default=None, help="hits the reranker keeps (default: reranker.top_n)")
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 from commands.common import common_parser, run, setup_logging, show_progress
@@ -17,6 +18,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-reuse", action="store_true", help="re-encode every chunk, even unchanged ones")
     parser.add_argument("--max-file-mb", type=float, default=None, help="skip .txt/.md files larger than this (default 32)")
     parser.add_argument(
+        "--follow-links", action="store_true",
+        help="also index symlinks that lead outside the corpus folder (default: skip and count them)",
+    )
+    parser.add_argument(
         "--engine", choices=("local", "ray"), default="local",
         help="where chunking and encoding run: this process (default) or Ray Data (the config's 'ray' section)",
     )
@@ -30,12 +35,13 @@ def main(argv=None) -> int:
 
     if args.update and args.no_reuse:
         raise InputError("--update and --no-reuse contradict each other; pick one")
-    if args.max_file_mb is not None and args.max_file_mb <= 0:
-        raise InputError(f"--max-file-mb must be positive, got {args.max_file_mb}")
+    if args.max_file_mb is not None and not (math.isfinite(args.max_file_mb) and args.max_file_mb > 0):
+        raise InputError(f"--max-file-mb must be a positive number, got {args.max_file_mb}")
     config = load_config(args.config, args.overrides)
     report = build_index(
         args.corpus, config, args.index, update=args.update, reuse=not args.no_reuse,
         show_progress=show_progress(), max_file_mb=args.max_file_mb or MAX_FILE_MB, engine=args.engine,
+        follow_links=args.follow_links,
     )
     m = report.manifest
     seconds = m.build_seconds
@@ -57,6 +63,10 @@ def main(argv=None) -> int:
     )
     for where, why in report.skipped[:20]:
         print(f"  skipped {where}: {why}")
+    if len(report.skipped) > 20:
+        print(f"  ... and {len(report.skipped) - 20} more (see the warnings above)")
+    for name in report.removed:
+        print(f"  removed old version {report.path / name}")
     return 0
 
 

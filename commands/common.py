@@ -2,7 +2,9 @@
 
 Scripts stay thin: parse arguments, call the API, print, return an exit code.
 A :class:`RagError` is printed as one line on stderr (with its traceback only
-under ``--debug``); anything else is a bug and keeps its traceback.
+under ``--debug``). Anything else is a bug: it is printed as one line too, with
+exit code 1 and a hint to rerun with ``--debug`` for the traceback. A reader that
+closes stdout early (``| head``) is not an error.
 """
 
 from __future__ import annotations
@@ -46,15 +48,42 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     """Call ``main`` and map expected errors to exit codes (2 usage/config, 3 missing index/model/data)."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        return main(argv)
+        code = main(argv)
+        sys.stdout.flush()  # a closed pipe shows up here rather than at interpreter exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
     except RagError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # last resort: what no specific handler foresaw
+        if debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)}; run with --debug for details", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line, printable whatever the terminal's encoding."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 def setup_logging(verbosity: int) -> None:

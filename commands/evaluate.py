@@ -16,7 +16,8 @@ from commands.common import ROOT, run, setup_logging, show_progress
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="collection folder: corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv")
+    parser.add_argument("--data", required=True,
+                        help="collection folder: corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv")
     parser.add_argument("--config", dest="configs", action="append", required=True, metavar="[NAME=]YAML",
                         help="a config to evaluate (repeat; the first is the baseline); NAME defaults to the file stem")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[NAME:]KEY=VALUE",
@@ -34,7 +35,8 @@ def main(argv=None) -> int:
                         help="paired test between configs: t-test (student) or randomization (fisher)")
     parser.add_argument("--max-p", type=float, default=0.05, help="significance level (default 0.05)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch and faiss (default: theirs); 1 keeps latencies sane on a busy machine")
+                        help="CPU threads for torch and faiss (default: theirs); "
+                             "1 keeps latencies sane on a busy machine")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v for progress logs, -vv for debug")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for expected errors too")
     args = parser.parse_args(argv)

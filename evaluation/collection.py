@@ -77,7 +77,8 @@ def load_collection(root: str | Path, split: str = "test") -> Collection:
     if not qrels_path.is_file():
         splits = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
         raise CorpusError(
-            f"{root} has no qrels for split {split!r} ({qrels_path} missing); splits found: {', '.join(splits) or 'none'}"
+            f"{root} has no qrels for split {split!r} ({qrels_path} missing); "
+            f"splits found: {', '.join(splits) or 'none'}"
         )
     qrels = read_qrels(qrels_path)
     all_queries = read_queries(root / "queries.jsonl")

@@ -188,7 +188,8 @@ def to_markdown(report: EvaluationReport, data: dict[str, Any]) -> str:
         lines.append(f"| {r.name} | " + " | ".join(_stage_cell(r.latency_ms, s) for s in stages) + " |")
     if report.reranker_pairs["computed"] or report.reranker_pairs["reused"]:
         lines += ["", f"Reranker pairs scored: {report.reranker_pairs['computed']}, reused from another config: "
-                      f"{report.reranker_pairs['reused']} (a reused pair counts the latency it cost when first scored)."]
+                      f"{report.reranker_pairs['reused']} "
+                      "(a reused pair counts the latency it cost when first scored)."]
     lines += ["", "## Configs", ""]
     for r in report.results:
         over = f" with `--set {' '.join(r.spec.overrides)}`" if r.spec.overrides else ""
@@ -199,7 +200,8 @@ def to_markdown(report: EvaluationReport, data: dict[str, Any]) -> str:
                   "|---|---|---|---:|---:|---:|---:|---|"]
         for x in report.comparisons:
             lines.append(f"| {x.baseline} | {x.other} | {x.metric} | {x.baseline_mean:.4f} | {x.other_mean:.4f} | "
-                         f"{x.delta:+.4f} | {x.p_value:.3g}{' *' if x.significant else ''} | {x.wins}/{x.ties}/{x.losses} |")
+                         f"{x.delta:+.4f} | {x.p_value:.3g}{' *' if x.significant else ''} | "
+                         f"{x.wins}/{x.ties}/{x.losses} |")
     lines += ["", f"![quality vs latency]({PLOT})", ""]
     return "\n".join(lines)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
+import os
 import secrets
 import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -30,15 +32,25 @@ from tqdm.auto import tqdm
 from indexer.chunking import chunk_documents
 from indexer.corpus import MAX_FILE_MB, read_corpus
 from pipeline.config import PipelineConfig
-from pipeline.errors import IndexLockedError, IndexMismatchError, IndexMissingError, InputError
+from pipeline.errors import (
+    IndexLockedError,
+    IndexMismatchError,
+    IndexMissingError,
+    IndexWriteError,
+    InputError,
+    RagError,
+)
 from pipeline.store import (
     CHUNKS,
-    CURRENT,
     EMBEDDINGS,
+    VERSION_MARKER,
+    VERSION_NAME,
     ChunkStore,
     Manifest,
     current_version,
     discard_version,
+    is_own_version,
+    mark_version,
     publish_version,
 )
 from pipeline.types import Chunk, Document
@@ -59,6 +71,7 @@ class BuildReport:
     manifest: Manifest
     skipped: list[tuple[str, str]]
     changes: dict[str, int] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)  # old or unfinished version folders this build deleted
 
 
 @dataclass
@@ -94,6 +107,7 @@ def build_index(
     max_file_mb: float = MAX_FILE_MB,
     engine: str = "local",
     reuse_from: str | Path | None = None,
+    follow_links: bool = False,
 ) -> BuildReport:
     """Index every document under ``corpus_path`` into ``index_path`` (default: ``index.path``).
 
@@ -111,31 +125,28 @@ def build_index(
         engine: ``local`` chunks and encodes in this process; ``ray`` runs both
             as Ray Data pipelines (the config's ``ray`` section; see
             :mod:`indexer.ray_engine`). Everything else is the same.
+        follow_links: also read symlinks that lead outside the corpus folder
+            (by default they are skipped and counted).
 
     Raises:
         CorpusError: nothing readable in the corpus.
         IndexLockedError: another build of the same index is running.
         IndexMismatchError / IndexMissingError: ``update`` without a compatible index.
         ModelNotFoundError: the embedder cannot be loaded.
+        InputError: ``index_path`` is a file.
+        IndexWriteError: the index folder cannot be written (read-only, disk full).
     """
     from pipeline.pipeline import build_stage
 
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; valid choices: {', '.join(ENGINES)}")
     index_path = Path(index_path or config.index.params.path)
-    index_path.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(index_path / LOCK), timeout=0)
+    lock = _lock(index_path)
     try:
-        lock.acquire()
-    except Timeout:
-        raise IndexLockedError(
-            f"another build is running on {index_path} (lock {index_path / LOCK}); wait for it to finish"
-        ) from None
-    try:
-        _remove_unfinished(index_path)
+        removed = _remove_unfinished(index_path)
         times: dict[str, float] = {}
         start = time.perf_counter()
-        corpus = read_corpus(corpus_path, max_file_mb=max_file_mb)
+        corpus = read_corpus(corpus_path, max_file_mb=max_file_mb, follow_links=follow_links)
         times["read"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -187,6 +198,7 @@ def build_index(
                 "encoded_chunks": len(encoded),
                 "skipped": len(corpus.skipped),
                 "unsupported_files": corpus.unsupported,
+                "links_not_followed": corpus.links_not_followed,
             },
             corpus={"path": str(Path(corpus_path).resolve()), "sha256": corpus_hash(corpus.documents)},
             versions=_library_versions(),
@@ -194,13 +206,49 @@ def build_index(
             build_seconds={k: round(v, 3) for k, v in times.items()},
         )
         version = _write_version(index_path, index, chunks, vectors, manifest)
-        publish_version(index_path, version)
-        _remove_old_versions(index_path, keep=version)
+        try:
+            publish_version(index_path, version)
+        except OSError as exc:
+            raise _write_error(index_path, exc) from exc
+        removed += _remove_old_versions(index_path, keep=version)
         times["write"] = time.perf_counter() - start
         logger.info("index published at %s (%s)", version, ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
-        return BuildReport(index_path, version, manifest, corpus.skipped, changes)
+        return BuildReport(index_path, version, manifest, corpus.skipped, changes, removed)
     finally:
         lock.release()
+
+
+def _lock(index_path: Path) -> FileLock:
+    """Create the index folder if needed and take its build lock; clear errors for a file, read-only or busy folder."""
+    if index_path.exists() and not index_path.is_dir():
+        raise InputError(f"--index {index_path} is a file, not an index folder; point --index at a folder")
+    try:
+        index_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(index_path, exc) from exc
+    if not os.access(index_path, os.W_OK | os.X_OK):
+        raise _write_error(index_path, PermissionError(13, "Permission denied"))
+    lock = FileLock(str(index_path / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise IndexLockedError(
+            f"another build is running on {index_path} (lock {index_path / LOCK}); wait for it to finish"
+        ) from None
+    except OSError as exc:
+        raise _write_error(index_path, exc) from exc
+    return lock
+
+
+def _write_error(index_path: Path, exc: BaseException) -> IndexWriteError:
+    """One message for an index folder that cannot be written: what failed, and that the old index is live."""
+    if isinstance(exc, RagError):
+        return exc if isinstance(exc, IndexWriteError) else IndexWriteError(str(exc))
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return IndexWriteError(
+        f"cannot write the index at {index_path} ({why}); free disk space or make the folder writable, "
+        "or use --index elsewhere. The previous index, if any, is still live"
+    )
 
 
 def _chunk(documents: list[Document], config: PipelineConfig, embedder, show_progress: bool) -> list[Chunk]:
@@ -255,6 +303,8 @@ def _load_previous(index_path: Path, facts: dict, strict: bool) -> _Previous | N
         logger.info("embedder settings changed since the last build: encoding everything")
         return None
     try:
+        if not (version / EMBEDDINGS).is_file():  # never open a FIFO or device in its place
+            raise OSError(f"{EMBEDDINGS} is missing or not a regular file")
         embeddings = np.load(version / EMBEDDINGS, mmap_mode="r")
         store = ChunkStore(version / CHUNKS)
         doc_texts = store.doc_texts()
@@ -297,17 +347,22 @@ def _write_version(index_path: Path, index, chunks: list[Chunk], vectors: np.nda
     """Write a complete version folder under a temporary name, then rename it into place."""
     version = index_path / f"v-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
     staging = version.with_name(version.name + ".tmp")
-    staging.mkdir()
     try:
+        staging.mkdir()
+        mark_version(staging)
         index.save(staging)
         np.save(staging / EMBEDDINGS, vectors)
         store = ChunkStore(staging / CHUNKS, create=True)
-        store.add(chunks)
-        store.close()
+        try:
+            store.add(chunks)
+        finally:
+            store.close()
         manifest.write(staging)
         staging.rename(version)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, (OSError, sqlite3.Error)):  # disk full, file too large, read-only folder
+            raise _write_error(index_path, exc) from exc
         raise
     return version
 
@@ -335,22 +390,36 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-def _remove_unfinished(index_path: Path) -> None:
-    """Delete staging folders left by a build that was killed (we hold the lock)."""
-    for item in index_path.glob("v-*.tmp"):
-        logger.info("removing unfinished build %s", item)
-        discard_version(item)
+def _remove_unfinished(index_path: Path) -> list[str]:
+    """Delete staging folders left by a build that was killed (we hold the lock); only folders a build made."""
+    removed = []
+    for item in sorted(index_path.glob("v-*.tmp")):
+        # A staging folder is marked right after it is made; an empty one was killed in between.
+        if is_own_version(item) or (VERSION_NAME.fullmatch(item.name.removesuffix(".tmp")) and not any(item.iterdir())):
+            logger.warning("removing unfinished build %s", item)
+            discard_version(item)
+            removed.append(item.name)
+        else:
+            logger.info("leaving %s alone: not made by a build", item)
     for item in index_path.glob(".ray-*"):  # Parquet of a killed --engine ray build
         shutil.rmtree(item, ignore_errors=True)
+    return removed
 
 
-def _remove_old_versions(index_path: Path, keep: Path) -> None:
-    live = (index_path / CURRENT).read_text(encoding="utf-8").strip()
-    old = sorted(
-        p for p in index_path.glob("v-*")
-        if p.is_dir() and p.name not in (live, keep.name) and not p.name.endswith(".tmp")
-    )
+def _remove_old_versions(index_path: Path, keep: Path) -> list[str]:
+    """Delete old version folders beyond ``KEEP_PREVIOUS``; never one a build did not make (its marker)."""
+    candidates = sorted(p for p in index_path.glob("v-*") if p.name != keep.name and not p.name.endswith(".tmp"))
+    old = []
+    for path in candidates:
+        if is_own_version(path):
+            old.append(path)
+        elif path.is_dir():
+            logger.info("leaving %s alone: it carries no %s marker, so no build made it", path, VERSION_MARKER)
+    removed = []
     for item in old[: max(len(old) - KEEP_PREVIOUS, 0)]:
+        logger.warning("removing old index version %s", item)
         discard_version(item)
+        removed.append(item.name)
+    return removed
 
 

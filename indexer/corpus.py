@@ -255,7 +255,8 @@ def _read_jsonl(path: Path, rel: str, skipped: list[tuple[str, str]], max_bytes:
             doc_id = record.get("_id", record.get("id"))
             doc_id = str(doc_id) if doc_id is not None else where
             if not all(map(_is_clean, (doc_id, title, text))):
-                skipped.append((where, "invalid characters (a lone surrogate such as \\ud800, or NUL) in '_id', 'title' or 'text'"))
+                skipped.append((where, "invalid characters (a lone surrogate such as \\ud800, or NUL) "
+                                       "in '_id', 'title' or 'text'"))
                 continue
             kept += 1
             yield Document(doc_id=doc_id, title=title.strip(), text=text.strip(), source=where)

@@ -303,7 +303,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel], prefix: str) -> st
     if err["type"] == "extra_forbidden":
         head = prefix.split(".")[0]
         extra = ["type", *(["enabled"] if head in OPTIONAL_STAGES else [])] if head in STAGE_KINDS else []
-        valid = ", ".join([*extra, *model.model_fields])
+        valid = ", ".join([*model.model_fields, *extra])
         return f"unknown key '{loc}'; valid keys: {valid}"
     if err["type"] == "literal_error":
         return f"{loc}: {err['msg']}, got {err.get('input')!r}"

@@ -34,7 +34,8 @@ def resolve_device(requested: str, key: str) -> str:
         index = int(requested.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
             raise ConfigError(
-                f"{key} is {requested!r} but only {torch.cuda.device_count()} CUDA device(s) exist; use 'auto' or 'cuda:0'"
+                f"{key} is {requested!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                "use 'auto' or 'cuda:0'"
             )
     if requested == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"{key} is 'mps' but MPS is not available on this machine; use 'auto' or 'cpu'")

@@ -76,6 +76,15 @@ class StageError(RagError):
         self.type_name = type_name
 
 
+class IndexWriteError(RagError, OSError):
+    """An index folder cannot be written (read-only, disk full); the previous version stays live.
+
+    Also an :class:`OSError`, so callers that catch the low-level error keep working.
+    """
+
+    exit_code = 1
+
+
 class ServiceUnavailableError(RagError):
     """A server the pipeline needs (Milvus, a Ray cluster) cannot be reached, or a local database cannot be opened."""
 

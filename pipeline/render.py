@@ -45,7 +45,9 @@ def _hit_dict(hit: Hit) -> dict[str, Any]:
     return data
 
 
-def print_side_by_side(result: PipelineResult, show: int = 10, snippet: int = 90, console: Console | None = None) -> None:
+def print_side_by_side(
+    result: PipelineResult, show: int = 10, snippet: int = 90, console: Console | None = None
+) -> None:
     """Retrieved (first ``show``) beside reranked, with score, rank change, source and a snippet."""
     console = console or Console()
     retrieved = result.retrieved[:show]

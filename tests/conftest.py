@@ -31,7 +31,9 @@ TINY_TEXTS = [
 ]
 
 TINY_DOCS = {
-    "vitamin-d.md": "# Vitamin D deficiency\nLow vitamin D causes bone pain, muscle weakness and tiredness. Sunlight helps.",
+    "vitamin-d.md": (
+        "# Vitamin D deficiency\nLow vitamin D causes bone pain, muscle weakness and tiredness. Sunlight helps."
+    ),
     "vitamin-c.md": "# Vitamin C deficiency\nScurvy brings bleeding gums, bruises and slow wound healing.",
     "iron.txt": "Iron deficiency anemia makes people tired and pale; red meat and lentils supply iron.",
     "code/python.md": "# Python\nPython is a programming language. Install packages with pip install.",
@@ -113,7 +115,9 @@ def tiny_corpus(tmp_path) -> Path:
     return root
 
 
-def write_config(path: Path, embedder_model: str, index_path: Path, reranker_model: str | None = None, **sections) -> Path:
+def write_config(
+    path: Path, embedder_model: str, index_path: Path, reranker_model: str | None = None, **sections
+) -> Path:
     """Write a pipeline YAML; ``sections`` update the defaults section by section."""
     config = {
         "embedder": {"type": "sentence-transformers", "model": embedder_model, "device": "cpu", "batch_size": 8},

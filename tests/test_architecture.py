@@ -20,7 +20,7 @@ def example_stages():
     """Execute the doc's Python block (it registers two stages); unregister them afterwards."""
     block = re.search(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S).group(1)
     namespace: dict = {}
-    exec(compile(block, str(DOC), "exec", dont_inherit=True), namespace)  # noqa: S102 - the project's own documentation
+    exec(compile(block, str(DOC), "exec", dont_inherit=True), namespace)
     yield namespace
     registry.unregister("retriever", "keyword")
     registry.unregister("reranker", "shortest-first")

@@ -75,7 +75,8 @@ _DELETE = object()
         ("retriever.type", _DELETE, r"missing key 'retriever.type'; valid choices: .*dense"),
         ("retriever", _DELETE, r"missing section 'retriever'"),
         ("retriever.enabled", False, r"retriever cannot be disabled"),
-        ("extra_section", {}, r"unknown key 'extra_section'; valid keys: embedder, index, retriever, reranker, chunking"),
+        ("extra_section", {},
+         r"unknown key 'extra_section'; valid keys: embedder, index, retriever, reranker, chunking"),
         ("index", "faiss", r"'index' must be a mapping"),
     ],
 )

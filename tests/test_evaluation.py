@@ -224,7 +224,8 @@ def test_evaluate_script_end_to_end(tmp_path, tiny_collection, tiny_reranker_dir
                             chunking={"enabled": False})
         configs += ["--config", str(path)]
     out = tmp_path / "out"
-    code = evaluate.main(["--data", str(tiny_collection), *configs, "--out", str(out), "--cache", str(tmp_path / "cache"),
+    code = evaluate.main(["--data", str(tiny_collection), *configs, "--out", str(out),
+                          "--cache", str(tmp_path / "cache"),
                           "--set", "bm25-rr:reranker.top_n=2", "--set", "bm25-mixed:reranker.weight=0"])
     assert code == 0
     printed = capsys.readouterr().out

@@ -135,7 +135,8 @@ def test_manifest_mismatch_is_an_error(tmp_path, tiny_corpus, tiny_embedder_dir,
 def test_other_model_or_dimension_is_an_error(tmp_path, tiny_corpus, tiny_embedder_dir):
     path = write_config(tmp_path / "c.yaml", str(tiny_embedder_dir), tmp_path / "index")
     build_index(tiny_corpus, load_config(path))
-    with pytest.raises(IndexMismatchError, match=r"built with embedder.model=.*but the config says 'bundled:all-MiniLM-L6-v2'"):
+    mismatch = r"built with embedder.model=.*but the config says 'bundled:all-MiniLM-L6-v2'"
+    with pytest.raises(IndexMismatchError, match=mismatch):
         Pipeline.from_yaml(path, ["embedder.model=bundled:all-MiniLM-L6-v2"]).ask("vitamin")
     version = current_version(tmp_path / "index")
     manifest = json.loads((version / "manifest.json").read_text())

@@ -63,7 +63,8 @@ def test_ray_build_equals_single_process_build(tmp_path, tiny_corpus, tiny_embed
 def test_missing_ray_names_the_extra(tmp_path, tiny_corpus, tiny_embedder_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     config = load_config(write_config(tmp_path / "c.yaml", str(tiny_embedder_dir), tmp_path / "index"))
-    with pytest.raises(MissingDependencyError, match=r"--engine ray needs the package 'ray'.*pip install -e '\.\[scale\]'"):
+    hint = r"--engine ray needs the package 'ray'.*pip install -e '\.\[scale\]'"
+    with pytest.raises(MissingDependencyError, match=hint):
         build_index(tiny_corpus, config, engine="ray")
     assert not (tmp_path / "index" / "CURRENT").exists()
 

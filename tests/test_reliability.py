@@ -149,7 +149,8 @@ BUILD_LOOP = textwrap.dedent(
 @pytest.mark.slow
 def test_kill_9_at_any_point_leaves_a_loadable_index(tmp_path, config_path):
     config = load_config(config_path)
-    old = make_corpus(tmp_path / "old", {f"o{i}.txt": f"old document {i} " + " ".join(WORDS[i % 7 :]) for i in range(40)})
+    old = make_corpus(tmp_path / "old",
+                      {f"o{i}.txt": f"old document {i} " + " ".join(WORDS[i % 7 :]) for i in range(40)})
     new = make_corpus(
         tmp_path / "new", {f"n{i}.txt": f"new text {i} " + " ".join(WORDS[i % 5 :]) * 30 for i in range(1500)}
     )
@@ -180,7 +181,8 @@ def test_ask_during_rebuilds_sees_one_consistent_version(tmp_path, config_path):
     corpus_b = make_corpus(tmp_path / "b", {f"b{i}.txt": f"beta {i} " + " ".join(WORDS[i % 8 :]) for i in range(90)})
     config = load_config(config_path, ["reranker.enabled=false"])
     build_index(corpus_a, config)
-    script = BUILD_LOOP.format(root=str(ROOT), config=str(config_path), corpora=[str(corpus_b), str(corpus_a)], rounds=4)
+    script = BUILD_LOOP.format(root=str(ROOT), config=str(config_path), corpora=[str(corpus_b), str(corpus_a)],
+                               rounds=4)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     seen: set[str] = set()
     try:

@@ -100,7 +100,9 @@ def test_long_query_is_capped_and_leaves_room_for_the_passage(tiny_reranker_dir)
 
 def test_int8_path_scores_close_to_fp32(tiny_reranker_dir):
     exact = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu"))
-    int8 = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", quantize="int8"))
+    int8 = CrossEncoderReranker(
+        CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", quantize="int8")
+    )
     a, b = exact.score("vitamin D", PASSAGES), int8.score("vitamin D", PASSAGES)
     assert np.max(np.abs(a - b)) < 0.05
     assert not np.array_equal(a, b), "the int8 path should really run quantized layers"
@@ -111,7 +113,7 @@ def test_int8_keeps_skipped_layers_in_fp32(tiny_reranker_dir):
 
     def linear_kinds(params):
         stage = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", **params))
-        stage.model
+        stage.load()
         return {name: type(m).__module__.startswith("torch.ao") for name, m in stage._network.named_modules()
                 if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear"}
 
@@ -162,7 +164,10 @@ def test_weight_mixes_in_the_first_stage(tiny_reranker_dir):
     assert [h.rank for h in only_first.rank(hits, ce)] == [1, 2, 3, 4, 5, 6]
     assert [h.doc_id for h in only_first.rank(hits, ce)] == [h.doc_id for h in hits]
     first = np.array([h.retrieval_score for h in hits])
-    expected = 0.25 * (ce - ce.min()) / (ce.max() - ce.min()) + 0.75 * (first - first.min()) / (first.max() - first.min())
+    def scaled(x):
+        return (x - x.min()) / (x.max() - x.min())
+
+    expected = 0.25 * scaled(ce) + 0.75 * scaled(first)
     out = mixed.rank(hits, ce)
     np.testing.assert_allclose([h.score for h in out], np.sort(expected)[::-1], rtol=1e-5)
     assert all(0.0 <= h.score <= 1.0 for h in out)

@@ -17,11 +17,29 @@ from pydantic import AfterValidator, PositiveInt
 
 from pipeline.params import StageParams
 from pipeline.device import check_device_name
-from pipeline.errors import ConfigError, IndexMissingError
+from pipeline.errors import ConfigError, IndexMissingError, IndexWriteError
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
+
+
+def _training_points(index) -> int:
+    """How many vectors an untrained index needs to train: one per inverted list (IVF); 1 otherwise."""
+    import faiss
+
+    if index.is_trained:
+        return 0
+    try:
+        return int(faiss.extract_index_ivf(index).nlist)
+    except RuntimeError:  # not an IVF index
+        return 1
+
+
+def _reason(exc: RuntimeError) -> str:
+    """The readable tail of a faiss error (its message starts with the C++ function and source line)."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return text.rpartition("failed: ")[2] or text
 
 
 def faiss_gpu_count() -> int:
@@ -73,9 +91,21 @@ class FaissIndex:
             index = faiss.index_factory(vectors.shape[1], self.params.factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             raise ConfigError(f"index.factory: FAISS cannot build {self.params.factory!r}: {exc}") from None
+        needed = _training_points(index)
+        if not index.is_trained and len(vectors) < needed:
+            raise ConfigError(
+                f"index.factory {self.params.factory!r} needs at least {needed} vectors to train, but there are "
+                f"{len(vectors)} chunks; use fewer lists (e.g. 'IVF{max(len(vectors) // 39, 1)},Flat') or 'Flat'"
+            )
         index = self._place(index)
         if not index.is_trained:
-            index.train(vectors)
+            try:
+                index.train(vectors)
+            except RuntimeError as exc:
+                raise ConfigError(
+                    f"index.factory {self.params.factory!r} cannot be trained on {len(vectors)} vectors "
+                    f"({_reason(exc)}); use a smaller factory or 'Flat'"
+                ) from None
         index.add(vectors)
         self._index = index
         self._apply_search_params()
@@ -84,7 +114,13 @@ class FaissIndex:
         import faiss
 
         index = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._index
-        faiss.write_index(index, str(directory / INDEX_FILE))
+        try:
+            faiss.write_index(index, str(directory / INDEX_FILE))
+        except RuntimeError as exc:  # faiss reports a failed write (disk full, file too large) this way
+            raise IndexWriteError(
+                f"cannot write the FAISS index to {directory / INDEX_FILE} (is the disk full? "
+                f"{_reason(exc)})"
+            ) from None
 
     def load(self, directory: Path) -> None:
         import faiss
