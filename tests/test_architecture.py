@@ -107,3 +107,16 @@ def test_top_k_zero_is_an_error_not_the_default(tiny_config, tiny_corpus):
         with pytest.raises(InputError):
             pipe.ask("vitamin D", **bad)
     assert pipe.ask("vitamin D", rerank=False).reranked is None
+
+
+@pytest.mark.parametrize("script", ["ask.py", "build_index.py", "evaluate.py", "train_reranker.py"])
+def test_a_script_outside_the_environment_says_how_to_set_it_up(script, tmp_path):
+    import subprocess
+    import sys
+
+    # -S: no site-packages, as a Python without the project installed; run from another folder
+    done = subprocess.run([sys.executable, "-S", str(ROOT / "scripts" / script), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "make setup" in done.stderr and "pip install -e ." in done.stderr
