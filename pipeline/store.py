@@ -48,6 +48,10 @@ FORMAT_VERSION = 1
 VERSION_MARKER = ".rag-version"  # written first into every version folder a build creates
 # Version folders made before the marker existed: v-<UTC timestamp>-<6 hex>, recognised with their manifest.json.
 VERSION_NAME = re.compile(r"v-\d{8}T\d{6,12}-[0-9a-f]{6}")
+# Everything a build writes into a version folder (the index backends' files included).
+BUILD_FILES = frozenset({
+    "index.faiss", CHUNKS, f"{CHUNKS}-journal", EMBEDDINGS, MANIFEST, VERSION_MARKER, "milvus.json", "milvus.db",
+})
 MAX_POINTER_BYTES = 4096
 MAX_MANIFEST_BYTES = 16 * 2**20
 
@@ -106,8 +110,14 @@ def is_own_version(folder: Path) -> bool:
         return False
     if (folder / VERSION_MARKER).is_file():
         return True
-    name = folder.name.removesuffix(".tmp")
-    return bool(VERSION_NAME.fullmatch(name)) and (folder / MANIFEST).is_file()
+    if not VERSION_NAME.fullmatch(folder.name.removesuffix(".tmp")):
+        return False
+    try:
+        names = {entry.name for entry in os.scandir(folder)}
+    except OSError:
+        return False
+    # Unmarked: only a folder holding nothing but what a build writes (a finished one has its manifest).
+    return names <= BUILD_FILES and (MANIFEST in names or folder.name.endswith(".tmp"))
 
 
 def mark_version(folder: Path) -> None:
