@@ -44,7 +44,6 @@ from pipeline.store import (
     CHUNKS,
     EMBEDDINGS,
     VERSION_MARKER,
-    VERSION_NAME,
     ChunkStore,
     Manifest,
     current_version,
@@ -200,7 +199,11 @@ def build_index(
                 "unsupported_files": corpus.unsupported,
                 "links_not_followed": corpus.links_not_followed,
             },
-            corpus={"path": str(Path(corpus_path).resolve()), "sha256": corpus_hash(corpus.documents)},
+            corpus={
+                # printable even when the path is not valid UTF-8 (undecodable bytes as \xNN)
+                "path": os.fsencode(Path(corpus_path).resolve()).decode("utf-8", "backslashreplace"),
+                "sha256": corpus_hash(corpus.documents),
+            },
             versions=_library_versions(),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             build_seconds={k: round(v, 3) for k, v in times.items()},
@@ -394,8 +397,8 @@ def _remove_unfinished(index_path: Path) -> list[str]:
     """Delete staging folders left by a build that was killed (we hold the lock); only folders a build made."""
     removed = []
     for item in sorted(index_path.glob("v-*.tmp")):
-        # A staging folder is marked right after it is made; an empty one was killed in between.
-        if is_own_version(item) or (VERSION_NAME.fullmatch(item.name.removesuffix(".tmp")) and not any(item.iterdir())):
+        # A staging folder is marked right after it is made (an empty one was killed in between).
+        if is_own_version(item):
             logger.warning("removing unfinished build %s", item)
             discard_version(item)
             removed.append(item.name)

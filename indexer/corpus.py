@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import CorpusError, InputError
-from pipeline.store import file_kind, open_regular
+from pipeline.store import NotRegularFileError, file_kind, open_regular
 from pipeline.types import Document
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,18 @@ def _corpus_files(root: Path, corpus: Corpus, follow_links: bool) -> Iterator[tu
             target = _admit(path, rel, real_root, follow_links, corpus)
             if target is None:
                 continue
-            if target.is_dir():
+            try:
+                mode = target.stat().st_mode
+            except OSError as exc:
+                corpus.skipped.append((rel, f"unreadable: {exc.strerror or exc}"))
+                continue
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):  # FIFO, socket, device: never opened
+                if _is_supported(target):
+                    corpus.skipped.append((rel, f"{file_kind(mode)}, not a regular file"))
+                else:
+                    corpus.unsupported += 1
+                continue
+            if stat.S_ISDIR(mode):
                 real = os.path.realpath(target)
                 if real in seen:
                     logger.warning("not following %s: it links back to a folder already read", path)
@@ -186,6 +197,9 @@ def _read_file(path: Path, rel: str, skipped: list[tuple[str, str]], max_bytes: 
             skipped.append((rel, f"{max(size, len(text)) / 2**20:.1f} MB is over the {max_bytes / 2**20:g} MB limit "
                                  "for one document; split it or raise --max-file-mb"))
             return
+    except NotRegularFileError as exc:  # a FIFO, socket or device: never read
+        skipped.append((rel, str(exc)))
+        return
     except OSError as exc:
         skipped.append((rel, f"unreadable: {exc.strerror or exc}"))
         return
