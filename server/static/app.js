@@ -1,0 +1,557 @@
+// The web page of the retrieve-then-rerank API: plain DOM, no build step.
+// Passages and queries are untrusted: every string reaches the page as a text node, never as HTML.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const form = $("ask-form");
+  const queryInput = $("query");
+  const askButton = $("ask-button");
+  const configSelect = $("config");
+  const compareBox = $("compare");
+  const compareWrap = $("compare-with-wrap");
+  const compareSelect = $("compare-with");
+  const rerankerBox = $("reranker");
+  const topK = $("top-k");
+  const topN = $("top-n");
+  const weight = $("weight");
+  const weightValue = $("weight-value");
+  const errorBox = $("error");
+  const statusLine = $("status");
+  const results = $("results");
+  const serverInfo = $("server-info");
+
+  const RETRIEVED_SHOWN = 10; // retrieved hits shown before "show all"
+  const STAGES = ["embed", "search", "retrieve", "rerank", "total"];
+  const STOP_WORDS = new Set(
+    ("a an and are as at be by can could did do does for from had has have how i if in into is it its of on or " +
+      "should than that the their there these this those to was were what when where which who whom why will " +
+      "with would you your").split(" "),
+  );
+
+  let configs = []; // [{name, reranker, top_k, top_n, weight}]
+  let requestSeq = 0;
+
+  // ---- small DOM helpers -------------------------------------------------------------------------
+
+  /** An element with attributes/properties and children (strings become text nodes). */
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === undefined || child === null || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  const fmtScore = (x) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(3) : "–");
+  const fmtMs = (x) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
+
+  // ---- query-term highlighting -------------------------------------------------------------------
+
+  const HAN = /\p{Script=Han}/u;
+  const escapeRegExp = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+  /** The query's words worth marking: no stop words; Chinese runs as character bigrams. */
+  function queryTerms(query) {
+    const terms = new Set();
+    for (const match of query.toLowerCase().matchAll(/[\p{L}\p{N}]+/gu)) {
+      const word = match[0];
+      if (HAN.test(word)) {
+        const chars = [...word];
+        if (chars.length === 1) terms.add(word);
+        for (let i = 0; i + 1 < chars.length; i++) terms.add(chars[i] + chars[i + 1]);
+      } else if (!STOP_WORDS.has(word)) {
+        terms.add(word);
+      }
+    }
+    return [...terms].sort((a, b) => b.length - a.length);
+  }
+
+  /** One regular expression for all terms: whole words (long ones may take a short suffix: symptom -> symptoms). */
+  function termPattern(terms) {
+    if (!terms.length) return null;
+    const parts = terms.map((term) => {
+      const body = escapeRegExp(term);
+      if (HAN.test(term)) return body;
+      const suffix = [...term].length >= 4 ? "\\p{L}{0,3}" : "";
+      return `(?<![\\p{L}\\p{N}])${body}${suffix}(?![\\p{L}\\p{N}])`;
+    });
+    return new RegExp(parts.join("|"), "giu");
+  }
+
+  /** ``text`` as text nodes with the query's terms in <mark> elements. */
+  function highlighted(text, pattern) {
+    const fragment = document.createDocumentFragment();
+    if (!pattern) {
+      fragment.append(text);
+      return fragment;
+    }
+    let last = 0;
+    for (const match of text.matchAll(pattern)) {
+      if (!match[0]) continue;
+      if (match.index > last) fragment.append(text.slice(last, match.index));
+      fragment.append(el("mark", null, match[0]));
+      last = match.index + match[0].length;
+    }
+    if (last < text.length) fragment.append(text.slice(last));
+    return fragment;
+  }
+
+  // ---- configs -----------------------------------------------------------------------------------
+
+  const firstDefined = (...values) => values.find((v) => v !== undefined && v !== null);
+
+  /** Accept the shapes a configs endpoint may take: a list, {configs: list}, or {configs: {name: info}}. */
+  function normalizeConfigs(data) {
+    let list = Array.isArray(data) ? data : data && (data.configs ?? data.items ?? data);
+    if (list && !Array.isArray(list) && typeof list === "object") {
+      list = Object.entries(list)
+        .filter(([, info]) => info && typeof info === "object")
+        .map(([name, info]) => ({ name, ...info }));
+    }
+    if (!Array.isArray(list)) return [];
+    return list.map((info) => {
+      const defaults = info.defaults || {};
+      const rr = firstDefined(info.has_reranker, info.reranker_enabled, info.reranker, info.rerank);
+      const rrInfo = rr && typeof rr === "object" ? rr : {};
+      return {
+        name: String(firstDefined(info.name, info.id, "default")),
+        path: info.path || info.file || "",
+        reranker: typeof rr === "object" ? rr !== null && rrInfo.enabled !== false : Boolean(rr),
+        top_k: firstDefined(info.top_k, defaults.top_k, info.retriever && info.retriever.top_k),
+        top_n: firstDefined(info.top_n, defaults.top_n, rrInfo.top_n),
+        weight: firstDefined(info.weight, defaults.weight, rrInfo.weight),
+      };
+    });
+  }
+
+  const configByName = (name) => configs.find((c) => c.name === name) || configs[0];
+
+  function fillSelect(select, selected) {
+    select.replaceChildren(
+      ...configs.map((c) =>
+        el("option", { value: c.name, selected: c.name === selected }, c.name + (c.reranker ? "" : " (no reranker)")),
+      ),
+    );
+  }
+
+  /** Put the chosen config's defaults into the controls. */
+  function applyDefaults() {
+    const config = configByName(configSelect.value);
+    if (!config) return;
+    topK.value = config.top_k ?? "";
+    topN.value = config.top_n ?? "";
+    weight.value = config.weight ?? 1;
+    rerankerBox.checked = config.reranker;
+    syncControls();
+  }
+
+  function syncControls() {
+    const config = configByName(configSelect.value);
+    const hasReranker = Boolean(config && config.reranker);
+    rerankerBox.disabled = !hasReranker;
+    if (!hasReranker) rerankerBox.checked = false;
+    const rerankOn = rerankerBox.checked;
+    weight.disabled = !rerankOn;
+    topN.disabled = !rerankOn;
+    weightValue.textContent = Number(weight.value).toFixed(2);
+    compareWrap.hidden = !compareBox.checked;
+    compareSelect.disabled = !compareBox.checked;
+    compareBox.disabled = configs.length < 2;
+  }
+
+  async function loadConfigs() {
+    try {
+      const data = await fetchJson("v1/configs");
+      configs = normalizeConfigs(data);
+      if (!configs.length) throw new Error("the server reported no configs");
+      const preferred = firstDefined(data && data.default, configs[0].name);
+      fillSelect(configSelect, preferred);
+      fillSelect(compareSelect, (configs.find((c) => c.name !== preferred) || configs[0]).name);
+      serverInfo.textContent =
+        `${configs.length} config${configs.length > 1 ? "s" : ""}: ` +
+        configs.map((c) => `${c.name}${c.reranker ? "" : " (no reranker)"}`).join(", ") +
+        (configs.length > 1 ? " — tick Compare to run two side by side." : "");
+      applyDefaults();
+      restoreFromUrl();
+    } catch (err) {
+      serverInfo.textContent = "Could not load the server's configs.";
+      showError(err);
+    }
+  }
+
+  // ---- requests ----------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  /** The server's {error: KIND, message: TEXT}, or FastAPI's {detail: str | [{loc, msg}]}, as one line. */
+  function errorMessage(body, fallback) {
+    if (!body || typeof body !== "object") return fallback;
+    const detail = firstDefined(body.message, body.detail, body.error);
+    if (detail === undefined) return fallback;
+    if (typeof detail === "string") return detail;
+    if (Array.isArray(detail)) {
+      return detail
+        .map((d) => (d && typeof d === "object" ? [(d.loc || []).filter((x) => x !== "body").join("."), d.msg]
+          .filter(Boolean).join(": ") : String(d)))
+        .join("; ");
+    }
+    if (typeof detail === "object") return firstDefined(detail.message, detail.detail, JSON.stringify(detail));
+    return String(detail);
+  }
+
+  async function fetchJson(url, body) {
+    const init = body === undefined ? {} : {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    };
+    let response;
+    try {
+      response = await fetch(url, init);
+    } catch (err) {
+      throw new ApiError(0, `cannot reach the server (${err.message})`);
+    }
+    const raw = await response.text();
+    let data = null;
+    try {
+      data = raw ? JSON.parse(raw) : null;
+    } catch {
+      data = null;
+    }
+    if (!response.ok) {
+      const fallback = raw && raw.length < 300 ? raw : response.statusText || "request failed";
+      throw new ApiError(response.status, errorMessage(data, fallback));
+    }
+    if (data === null) throw new ApiError(response.status, "the server sent no JSON");
+    return data;
+  }
+
+  /** The request for one config: values equal to that config's defaults are left to the server. */
+  function askBody(query, configName) {
+    const config = configByName(configName) || {};
+    const primary = configByName(configSelect.value) || {};
+    const body = { query, config: configName };
+    const k = parseInt(topK.value, 10);
+    const n = parseInt(topN.value, 10);
+    const w = Number(weight.value);
+    if (topK.value !== "" && (k !== primary.top_k || configName === primary.name)) body.top_k = k;
+    if (config.reranker) {
+      body.reranker = rerankerBox.checked;
+      if (rerankerBox.checked) {
+        if (topN.value !== "" && (n !== primary.top_n || configName === primary.name)) body.top_n = n;
+        if (weight.value !== "" && (w !== primary.weight || configName === primary.name)) body.weight = w;
+      }
+    } else {
+      body.reranker = false;
+    }
+    return body;
+  }
+
+  async function ask(event) {
+    if (event) event.preventDefault();
+    const query = queryInput.value;
+    const names = [configSelect.value];
+    if (compareBox.checked && compareSelect.value) names.push(compareSelect.value);
+    const seq = ++requestSeq;
+    hideError();
+    setBusy(true, names.length > 1 ? `Asking ${names.join(" and ")}…` : "Asking…");
+    const settled = await Promise.allSettled(names.map((name) => fetchJson("v1/ask", askBody(query, name))));
+    if (seq !== requestSeq) return; // a newer question was asked meanwhile
+    setBusy(false, "");
+    results.dataset.answered = String(seq); // for tests and tools: this many questions have been answered
+    const failures = settled.filter((s) => s.status === "rejected");
+    if (failures.length === settled.length) {
+      showError(failures[0].reason, names.length > 1 ? names[0] : "");
+      results.replaceChildren();
+      return;
+    }
+    failures.forEach((f) => showError(f.reason, names[settled.indexOf(f)]));
+    const runs = settled.map((s, i) => (s.status === "fulfilled" ? s.value : { error: s.reason, config: names[i] }));
+    render(query, runs);
+    saveToUrl(query);
+  }
+
+  function setBusy(busy, text) {
+    askButton.disabled = busy;
+    form.setAttribute("aria-busy", String(busy));
+    results.setAttribute("aria-busy", String(busy));
+    statusLine.textContent = text;
+  }
+
+  function showError(err, where) {
+    const status = err && err.status ? ` (HTTP ${err.status})` : "";
+    const line = el("p", null, el("strong", null, "Error" + status + (where ? ` in ${where}` : "") + ": "),
+      err && err.message ? err.message : String(err));
+    if (errorBox.hidden) errorBox.replaceChildren(line);
+    else errorBox.append(line);
+    errorBox.hidden = false;
+  }
+
+  function hideError() {
+    errorBox.hidden = true;
+    errorBox.replaceChildren();
+  }
+
+  // ---- rendering ---------------------------------------------------------------------------------
+
+  /** "more" only where the passage is cut (measured once the lists are laid out). */
+  function hideUnneededMore(root) {
+    requestAnimationFrame(() => {
+      for (const passage of root.querySelectorAll(".passage:not(.open)")) {
+        const button = passage.nextElementSibling;
+        if (button && passage.clientHeight && passage.scrollHeight <= passage.clientHeight + 1) button.hidden = true;
+      }
+    });
+  }
+
+  function render(query, runs) {
+    const okRuns = runs.filter((r) => !r.error);
+    const pattern = termPattern(queryTerms(okRuns.length ? okRuns[0].query || query : query));
+    if (runs.length === 1) {
+      results.replaceChildren(renderRun(runs[0], pattern));
+      results.className = "results single";
+      hideUnneededMore(results);
+      return;
+    }
+    const finals = runs.map((r) => (r.error ? null : r.reranked || r.retrieved || []));
+    results.replaceChildren(
+      ...runs.map((run, i) => (run.error ? renderFailedRun(run) : renderCompared(run, pattern, finals[i], finals[1 - i], runs[1 - i]))),
+    );
+    results.className = "results compare";
+    hideUnneededMore(results);
+  }
+
+  function runHeader(run, label) {
+    return el("header", { class: "run-head" },
+      el("h2", null, label || "Results", run.config ? el("span", { class: "config-name" }, run.config) : null),
+      el("p", { class: "muted meta" },
+        run.index_version ? `index ${run.index_version} · ` : "",
+        `${(run.retrieved || []).length} retrieved`,
+        run.reranked ? ` · ${run.reranked.length} reranked` : " · reranker off"),
+      renderTimings(run.timings_ms || {}));
+  }
+
+  /** Per-stage timings: labelled figures and a bar of the stages' shares of the total. */
+  function renderTimings(timings) {
+    const keys = STAGES.filter((k) => typeof timings[k] === "number")
+      .concat(Object.keys(timings).filter((k) => !STAGES.includes(k) && typeof timings[k] === "number"));
+    const list = el("dl", { class: "timings", "aria-label": "timings in milliseconds" },
+      ...keys.map((k) => el("div", { class: `timing t-${k}` }, el("dt", null, k), el("dd", null, `${fmtMs(timings[k])} ms`))));
+    const total = timings.total || 0;
+    const parts = ["embed", "search", "rerank"].filter((k) => typeof timings[k] === "number" && total > 0);
+    if (!parts.length) return list;
+    const bar = el("div", { class: "timing-bar", "aria-hidden": "true" },
+      ...parts.map((k) => {
+        const span = el("span", { class: `seg t-${k}`, title: `${k} ${fmtMs(timings[k])} ms` });
+        span.style.width = `${Math.max(0.5, (100 * timings[k]) / total)}%`;
+        return span;
+      }));
+    return el("div", { class: "timing-wrap" }, list, bar);
+  }
+
+  function moveBadge(hit) {
+    const change = hit.rank_change ?? (hit.retrieval_rank - hit.rank);
+    if (change > 0) {
+      return el("span", { class: "move up", title: `up ${change} from #${hit.retrieval_rank}`,
+        "aria-label": `moved up ${change}, was #${hit.retrieval_rank}` }, `▲${change}`);
+    }
+    if (change < 0) {
+      return el("span", { class: "move down", title: `down ${-change} from #${hit.retrieval_rank}`,
+        "aria-label": `moved down ${-change}, was #${hit.retrieval_rank}` }, `▼${-change}`);
+    }
+    return el("span", { class: "move same", title: "same place as retrieved", "aria-label": "unchanged" }, "=");
+  }
+
+  /** One hit: rank, score, move, title and source, and the passage with the query's terms marked. */
+  function renderHit(hit, pattern, opts) {
+    const kept = opts.keptRank ? opts.keptRank.get(hit.chunk_id) : undefined;
+    const head = el("div", { class: "hit-head" },
+      el("span", { class: "rank" }, `#${hit.rank}`),
+      el("span", { class: "score", title: opts.scoreTitle }, fmtScore(hit.score)),
+      opts.reranked ? moveBadge(hit) : null,
+      opts.reranked && hit.retrieval_score !== undefined
+        ? el("span", { class: "was muted", title: "first-stage rank and score" },
+          `was #${hit.retrieval_rank} · ${fmtScore(hit.retrieval_score)}`)
+        : null,
+      opts.keptRank
+        ? (kept ? el("span", { class: "kept", title: "place after reranking" }, `→ #${kept}`)
+          : el("span", { class: "dropped muted", title: "not kept by the reranker" }, "not kept"))
+        : null,
+      opts.other ? opts.other(hit) : null);
+    const source = el("div", { class: "source" },
+      hit.title ? el("span", { class: "title" }, hit.title) : null,
+      el("span", { class: "path" }, hit.source || hit.doc_id || "", hit.position ? ` · chunk ${hit.position}` : ""));
+    const passage = el("p", { class: "passage" });
+    passage.append(highlighted(String(hit.text ?? ""), pattern));
+    const more = el("button", { type: "button", class: "more link", "aria-expanded": "false" }, "more");
+    more.addEventListener("click", () => {
+      const open = passage.classList.toggle("open");
+      more.textContent = open ? "less" : "more";
+      more.setAttribute("aria-expanded", String(open));
+    });
+    const classes = ["hit"];
+    if (opts.keptRank && !kept) classes.push("not-kept");
+    if (kept || opts.reranked) classes.push("is-kept");
+    return el("li", { class: classes.join(" "), value: hit.rank, dataset: { chunk: hit.chunk_id, doc: hit.doc_id } },
+      head, source, passage, more);
+  }
+
+  function renderList(hits, pattern, opts) {
+    const shown = opts.limit ? hits.slice(0, opts.limit) : hits;
+    const list = el("ol", { class: "hits", "aria-label": opts.label },
+      ...shown.map((hit) => renderHit(hit, pattern, opts)));
+    const wrap = el("div", { class: "list-wrap" }, list);
+    if (shown.length < hits.length) {
+      const button = el("button", { type: "button", class: "show-all link" }, `show all ${hits.length}`);
+      button.addEventListener("click", () => {
+        list.append(...hits.slice(shown.length).map((hit) => renderHit(hit, pattern, opts)));
+        button.remove();
+        hideUnneededMore(list);
+      });
+      wrap.append(button);
+    }
+    if (!hits.length) wrap.append(el("p", { class: "muted" }, "No hits."));
+    return wrap;
+  }
+
+  function column(name, heading, note, body) {
+    return el("section", { class: `column ${name}`, "aria-label": heading },
+      el("h3", null, heading, note ? el("span", { class: "note muted" }, note) : null), body);
+  }
+
+  /** Single mode: the retrieved list beside the reranked one. */
+  function renderRun(run, pattern) {
+    const retrieved = run.retrieved || [];
+    const reranked = run.reranked;
+    const keptRank = reranked ? new Map(reranked.map((h) => [h.chunk_id, h.rank])) : null;
+    const left = column("retrieved", "Retrieved", `first stage, top ${retrieved.length}`,
+      renderList(retrieved, pattern, { label: "retrieved hits", keptRank, limit: RETRIEVED_SHOWN,
+        scoreTitle: "first-stage score" }));
+    const right = reranked
+      ? column("reranked", "Reranked", `top ${reranked.length}`,
+        renderList(reranked, pattern, { label: "reranked hits", reranked: true, scoreTitle: "final score" }))
+      : column("reranked off", "Reranked", "",
+        el("p", { class: "muted placeholder" }, "Reranker off: the retrieved list is the answer."));
+    const section = el("section", { class: "run" }, runHeader(run, "Results"), el("div", { class: "columns" }, left, right));
+    linkSameChunks(section);
+    return section;
+  }
+
+  /** Compare mode: one config's answer list, each hit marked with its place in the other config's answer. */
+  function renderCompared(run, pattern, mine, theirs, otherRun) {
+    const otherName = otherRun && otherRun.config ? otherRun.config : "other";
+    const theirRank = theirs ? new Map(theirs.map((h) => [h.chunk_id, h.rank])) : null;
+    const other = theirRank
+      ? (hit) => {
+        const r = theirRank.get(hit.chunk_id);
+        return r ? el("span", { class: "other", title: `place in ${otherName}` }, `${otherName} #${r}`)
+          : el("span", { class: "other only", title: `not in ${otherName}'s list` }, `only here`);
+      }
+      : null;
+    const reranked = run.reranked;
+    const finalList = reranked
+      ? renderList(reranked, pattern, { label: `${run.config} reranked hits`, reranked: true, other, scoreTitle: "final score" })
+      : renderList(run.retrieved || [], pattern, { label: `${run.config} retrieved hits`, other,
+        limit: RETRIEVED_SHOWN, scoreTitle: "first-stage score" });
+    const keptRank = reranked ? new Map(reranked.map((h) => [h.chunk_id, h.rank])) : null;
+    const firstStage = reranked
+      ? el("details", { class: "first-stage" },
+        el("summary", null, `First stage: ${(run.retrieved || []).length} retrieved`),
+        renderList(run.retrieved || [], pattern, { label: `${run.config} retrieved hits`, keptRank,
+          limit: RETRIEVED_SHOWN, scoreTitle: "first-stage score" }))
+      : null;
+    const section = el("section", { class: "run compared", "aria-label": `config ${run.config}` },
+      runHeader(run, "Config"),
+      column(reranked ? "reranked" : "retrieved", reranked ? "Reranked" : "Retrieved (reranker off)",
+        `top ${(reranked || run.retrieved || []).length}`, finalList),
+      firstStage);
+    linkSameChunks(section);
+    return section;
+  }
+
+  function renderFailedRun(run) {
+    return el("section", { class: "run compared failed", "aria-label": `config ${run.config}` },
+      el("header", { class: "run-head" }, el("h2", null, "Config", el("span", { class: "config-name" }, run.config))),
+      el("p", { class: "error-inline" }, run.error && run.error.message ? run.error.message : String(run.error)));
+  }
+
+  /** Hovering or focusing a hit outlines the same chunk in the other list. */
+  function linkSameChunks(root) {
+    const toggle = (event, on) => {
+      const hit = event.target.closest && event.target.closest(".hit");
+      if (!hit) return;
+      for (const other of root.querySelectorAll(".hit")) {
+        if (other.dataset.chunk === hit.dataset.chunk) other.classList.toggle("linked", on);
+      }
+    };
+    root.addEventListener("mouseover", (e) => toggle(e, true));
+    root.addEventListener("mouseout", (e) => toggle(e, false));
+    root.addEventListener("focusin", (e) => toggle(e, true));
+    root.addEventListener("focusout", (e) => toggle(e, false));
+  }
+
+  // ---- URL state (a question can be linked and reloaded) ----------------------------------------
+
+  function saveToUrl(query) {
+    const params = new URLSearchParams();
+    params.set("q", query);
+    params.set("config", configSelect.value);
+    if (compareBox.checked) params.set("compare", compareSelect.value);
+    const config = configByName(configSelect.value) || {};
+    if (topK.value && Number(topK.value) !== config.top_k) params.set("top_k", topK.value);
+    if (topN.value && Number(topN.value) !== config.top_n) params.set("top_n", topN.value);
+    if (Number(weight.value) !== (config.weight ?? 1)) params.set("weight", weight.value);
+    if (config.reranker && !rerankerBox.checked) params.set("reranker", "off");
+    history.replaceState(null, "", `${location.pathname}?${params}`);
+  }
+
+  function restoreFromUrl() {
+    const params = new URLSearchParams(location.search);
+    const pick = (select, name) => {
+      if (name && configs.some((c) => c.name === name)) select.value = name;
+    };
+    pick(configSelect, params.get("config"));
+    applyDefaults();
+    if (params.has("compare") && configs.length > 1) {
+      compareBox.checked = true;
+      pick(compareSelect, params.get("compare"));
+    }
+    if (params.has("top_k")) topK.value = params.get("top_k");
+    if (params.has("top_n")) topN.value = params.get("top_n");
+    if (params.has("weight")) weight.value = params.get("weight");
+    if (params.get("reranker") === "off") rerankerBox.checked = false;
+    syncControls();
+    if (params.get("q")) {
+      queryInput.value = params.get("q");
+      ask();
+    }
+  }
+
+  // ---- wiring ------------------------------------------------------------------------------------
+
+  form.addEventListener("submit", ask);
+  configSelect.addEventListener("change", applyDefaults);
+  for (const control of [rerankerBox, weight, compareBox]) {
+    control.addEventListener("input", syncControls);
+    control.addEventListener("change", syncControls);
+  }
+  $("reset").addEventListener("click", applyDefaults);
+  syncControls();
+  queryInput.focus();
+  loadConfigs();
+})();
