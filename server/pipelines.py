@@ -28,7 +28,7 @@ from typing import Any
 from pipeline.config import PipelineConfig, ServerParams
 from pipeline.errors import ConfigError, RagError
 from pipeline.pipeline import Pipeline, build_stage
-from pipeline.store import CURRENT
+from pipeline.store import current_version
 from server.batching import BatchedReranker, MicroBatcher
 
 logger = logging.getLogger(__name__)
@@ -212,10 +212,11 @@ class PipelineSet:
 
 
 def read_current(index_path: Path) -> str | None:
-    """The version name ``CURRENT`` points at, or None when it cannot be read."""
+    """The version name ``CURRENT`` points at, or None when it cannot be read (missing, damaged, not a
+    regular file: the store's bounded read never blocks on a FIFO)."""
     try:
-        return (index_path / CURRENT).read_text(encoding="utf-8").strip() or None
-    except OSError:
+        return current_version(index_path).name
+    except RagError:
         return None
 
 
