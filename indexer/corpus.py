@@ -60,7 +60,7 @@ def read_corpus(root: str | Path, max_file_mb: float = MAX_FILE_MB, *, follow_li
         math.isfinite(max_file_mb) and max_file_mb > 0
     ):
         raise InputError(f"--max-file-mb must be a positive number of megabytes, got {max_file_mb!r}")
-    max_bytes = max(int(max_file_mb * 2**20), 1)
+    max_bytes = max(int(min(max_file_mb, 2**30) * 2**20), 1)  # 1 PB and more mean "no limit" alike
     root = Path(root)
     if not root.exists():
         raise CorpusError(f"corpus path {root} does not exist")
@@ -96,8 +96,8 @@ def read_corpus(root: str | Path, max_file_mb: float = MAX_FILE_MB, *, follow_li
 
 def _corpus_files(root: Path, corpus: Corpus, follow_links: bool) -> Iterator[tuple[Path, str]]:
     """(path to open, name relative to ``root``) of every file to consider; problems go to ``corpus``."""
-    if root.is_file():
-        yield root, _display(root.name)
+    if root.is_file():  # named on purpose, so a link is followed
+        yield Path(os.path.realpath(root)), _display(root.name)
         return
     real_root = os.path.realpath(root)
     for name in BEIR_CORPUS_NAMES:
@@ -192,7 +192,7 @@ def _read_file(path: Path, rel: str, skipped: list[tuple[str, str]], max_bytes: 
             return
         with open_regular(path, follow_links=False) as handle:
             size = os.fstat(handle.fileno()).st_size
-            text = handle.read(max_bytes + 1)
+            text = handle.read(min(max_bytes, size + 2**16) + 1)  # read() allocates what it is asked for
         if len(text) > max_bytes:
             skipped.append((rel, f"{max(size, len(text)) / 2**20:.1f} MB is over the {max_bytes / 2**20:g} MB limit "
                                  "for one document; split it or raise --max-file-mb"))
@@ -216,6 +216,9 @@ def _read_file(path: Path, rel: str, skipped: list[tuple[str, str]], max_bytes: 
         skipped.append((rel, f"not UTF-8 ({exc.reason} at byte {exc.start})"))
         return
     title, body = _split_title(content) if name.endswith((".md", ".markdown")) else ("", content.strip())
+    if not (title or body):  # only a byte-order mark or Unicode spaces
+        skipped.append((rel, "empty file"))
+        return
     yield Document(doc_id=rel, title=title, text=body, source=rel)
 
 

@@ -186,7 +186,12 @@ class ChunkStore:
             raise IndexMissingError(f"chunk store {path} is missing; rebuild with scripts/build_index.py")
         # Escaped: '#', '?' or '%' in the path must not end the file name part of the URI.
         uri = f"file:{quote_from_bytes(os.fsencode(path.absolute()))}?mode={'rwc' if create else 'ro'}"
-        self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        try:
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            if create:
+                raise
+            raise IndexMissingError(f"chunk store {path} cannot be opened ({exc}); rebuild the index") from None
         if create:
             self._conn.execute(
                 "CREATE TABLE chunks (id INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL, "
