@@ -17,11 +17,16 @@ import numpy as np
 from common import ROOT, SHARED_DATA, header
 
 DEFAULT_VARIANTS = [
-    "exact (as configured)=",
-    "int8=reranker.quantize=int8",
-    "int8, max_length 128=reranker.quantize=int8,reranker.max_length=128",
+    "as configured=",
+    "torch exact fp32 (before issue 17)=reranker.backend=torch,reranker.quantize=none",
+    "torch int8 dynamic=reranker.backend=torch,reranker.quantize=int8",
+    "openvino fp32=reranker.backend=openvino,reranker.quantize=none",
+    "openvino int8=reranker.backend=openvino,reranker.quantize=int8",
+    "onnx fp32=reranker.backend=onnx,reranker.quantize=none",
+    "onnx int8=reranker.backend=onnx,reranker.quantize=int8",
     "no reranker=reranker.enabled=false",
 ]
+REFERENCE = "torch exact fp32 (before issue 17)"
 
 
 def main() -> int:
@@ -72,13 +77,24 @@ def main() -> int:
     print(f"\nconfig: {args.config}; index: {first.index.manifest.counts['chunks']} chunks; "
           f"top_k {first.top_k}, reranker {reranker.params.model if reranker else 'disabled'}; "
           f"{len(queries)} queries\n")
-    print("| variant | total p50 ms | total p95 ms | embed p50 | search p50 | rerank p50 | rerank p95 |")
-    print("|---|---|---|---|---|---|---|")
+    import os
+
+    if reranker is not None:
+        print(f"reranker as configured: backend {reranker.params.backend}, quantize {reranker.params.quantize}, "
+              f"max_length {reranker.params.max_length}")
+    print(f"load average {os.getloadavg()[0]:.1f} (another engineer's jobs share these 2 cores)\n")
+    reference = [r["total"] for r in timings.get(REFERENCE, [])]
+    print("| variant | total p50 ms | total p95 ms | x torch exact (p50) | embed p50 | search p50 | rerank p50 | "
+          "rerank p95 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, rows in timings.items():
         def pct(stage, q, rows=rows):
             values = [r[stage] for r in rows if stage in r]
             return f"{1000 * np.percentile(values, q):.0f}" if values else "-"
-        print(f"| {name} | {pct('total', 50)} | {pct('total', 95)} | {pct('embed', 50)} | {pct('search', 50)} | "
+        ratio = (f"{np.percentile(reference, 50) / np.percentile([r['total'] for r in rows], 50):.2f}"
+                 if reference else "-")
+        print(f"| {name} | {pct('total', 50)} | {pct('total', 95)} | {ratio} | {pct('embed', 50)} | "
+              f"{pct('search', 50)} | "
               f"{pct('rerank', 50)} | {pct('rerank', 95)} |")
     return 0
 

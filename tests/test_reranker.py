@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -171,3 +173,119 @@ def test_weight_mixes_in_the_first_stage(tiny_reranker_dir):
     out = mixed.rank(hits, ce)
     np.testing.assert_allclose([h.score for h in out], np.sort(expected)[::-1], rtol=1e-5)
     assert all(0.0 <= h.score <= 1.0 for h in out)
+
+
+# --- CPU backends (openvino, onnx), their export cache, and calibration (issue 17) ---
+
+QUERY = "symptoms of vitamin D deficiency"
+
+
+def _stage(model_dir, **extra) -> CrossEncoderReranker:
+    return CrossEncoderReranker(CrossEncoderReranker.Params(model=str(model_dir), device="cpu", batch_size=4, **extra))
+
+
+@pytest.fixture()
+def model_copy(tiny_reranker_dir, tmp_path):
+    """A private copy of the tiny model, so exports and calibration files stay in this test."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_reranker_dir, tmp_path / "model"))
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnx"])
+def test_backend_scores_match_torch_in_order_and_range(model_copy, backend):
+    pytest.importorskip({"openvino": "openvino", "onnx": "onnxruntime"}[backend])
+    reference = _stage(model_copy).score(QUERY, PASSAGES)
+    stage = _stage(model_copy, backend=backend)
+    scores = stage.score(QUERY, PASSAGES)
+    assert stage.backend_used == backend
+    assert scores.dtype == np.float32 and scores.shape == (len(PASSAGES),)
+    np.testing.assert_allclose(scores, reference, atol=1e-4)
+    assert list(np.argsort(-scores, kind="stable")) == list(np.argsort(-reference, kind="stable"))
+    np.testing.assert_allclose(stage.logits(QUERY, PASSAGES), _stage(model_copy).logits(QUERY, PASSAGES), atol=1e-4)
+
+
+def test_onnx_int8_scores_close_to_torch(model_copy):
+    pytest.importorskip("onnxruntime")
+    reference = _stage(model_copy).score(QUERY, PASSAGES)
+    scores = _stage(model_copy, backend="onnx", quantize="int8").score(QUERY, PASSAGES)
+    assert np.all((scores > 0) & (scores < 1))
+    assert np.max(np.abs(scores - reference)) < 0.1
+
+
+def test_export_is_cached_and_rebuilt_when_settings_or_model_change(model_copy):
+    pytest.importorskip("onnxruntime")
+    first = _stage(model_copy, backend="onnx").load().export_path
+    assert first.parent == model_copy / ".export" and (first / "export.json").is_file()
+    stamp = (first / "model.onnx").stat().st_mtime_ns
+    again = _stage(model_copy, backend="onnx").load().export_path
+    assert again == first and (first / "model.onnx").stat().st_mtime_ns == stamp  # reused, not rewritten
+    quantized = _stage(model_copy, backend="onnx", quantize="int8").load().export_path
+    assert quantized != first
+    config = model_copy / "config.json"
+    config.write_text(config.read_text().replace("{", '{\n  "_changed": 1,', 1))
+    assert _stage(model_copy, backend="onnx").load().export_path not in (first, quantized)
+
+
+def test_read_only_model_folder_exports_to_the_user_cache(model_copy, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    (model_copy / ".export").write_text("not a folder")  # the export folder cannot be created here
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    stage = _stage(model_copy, backend="onnx").load()
+    assert stage.export_path.is_relative_to(tmp_path / "user-cache" / "rag-pipeline" / "rerankers")
+    np.testing.assert_allclose(stage.score(QUERY, PASSAGES), _stage(model_copy).score(QUERY, PASSAGES), atol=1e-4)
+
+
+def test_missing_runtime_falls_back_to_torch_with_a_warning(model_copy, monkeypatch, caplog):
+    import sys
+
+    from pipeline.errors import MissingDependencyError
+    from pipeline.rerankers import backends
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the 'fast' extra were not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[fast\]'"):
+        backends.require("openvino")
+    stage = _stage(model_copy, backend="openvino")
+    with caplog.at_level("WARNING"):
+        scores = stage.score(QUERY, PASSAGES)
+    assert stage.backend_used == "torch"
+    assert "fast" in caplog.text and "torch" in caplog.text
+    np.testing.assert_allclose(scores, _stage(model_copy).score(QUERY, PASSAGES), atol=1e-6)
+
+
+def test_openvino_int8_without_calibration_pairs_is_a_config_error(model_copy):
+    pytest.importorskip("nncf")
+    with pytest.raises(ConfigError, match="calibration_pairs.jsonl"):
+        _stage(model_copy, backend="openvino", quantize="int8").load()
+
+
+def test_calibration_file_is_applied_and_raw_logit_kept(model_copy):
+    import json
+
+    from pipeline.rerankers.calibration import expected_calibration_error, fit_platt
+
+    logits = _stage(model_copy).logits(QUERY, PASSAGES)
+    plain = _stage(model_copy).score(QUERY, PASSAGES)
+    np.testing.assert_allclose(plain, 1 / (1 + np.exp(-logits)), rtol=1e-5)
+    (model_copy / "calibration.json").write_text(json.dumps({"method": "platt", "a": 2.0, "b": -1.0}))
+    stage = _stage(model_copy)
+    np.testing.assert_allclose(stage.score(QUERY, PASSAGES), 1 / (1 + np.exp(-(2 * logits - 1))), rtol=1e-5)
+    np.testing.assert_allclose(stage.logits(QUERY, PASSAGES), logits, rtol=1e-6)  # the raw logit is unchanged
+    np.testing.assert_allclose(_stage(model_copy, calibrate=False).score(QUERY, PASSAGES), plain, rtol=1e-6)
+    (model_copy / "calibration.json").write_text(json.dumps({"method": "platt", "a": -1, "b": 0}))
+    with pytest.raises(ConfigError, match="a must be a positive"):
+        _stage(model_copy).score(QUERY, PASSAGES)
+    # Platt scaling recovers a known mapping, and lowers the calibration error of an overconfident score
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 3, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(0.5 * x - 1)))).astype(int)
+    fitted = fit_platt(x, y)
+    assert abs(fitted.a - 0.5) < 0.1 and abs(fitted.b + 1) < 0.2
+    assert expected_calibration_error(fitted.apply(x), y) < expected_calibration_error(1 / (1 + np.exp(-x)), y)
+
+
+def test_unknown_backend_and_skip_on_runtime_are_config_errors(model_copy):
+    with pytest.raises(ValueError, match="backend"):
+        CrossEncoderReranker.Params(model=str(model_copy), backend="tensorrt")
+    with pytest.raises(ConfigError, match="quantize_skip applies to backend torch"):
+        _stage(model_copy, backend="onnx", quantize="int8", quantize_skip=["dense"]).load()

@@ -16,7 +16,15 @@ sigmoid so they fall in 0..1. The model is loaded with sentence-transformers'
 * a CUDA out-of-memory error halves the batch and retries instead of failing;
 * ``weight`` is the cross-encoder's share of the final score: below 1 it mixes in
   the first stage's (both min-max scaled, :func:`pipeline.scoring.mix_scores`), a
-  cheap guard for a weak cross-encoder, chosen on held-out queries, never on test.
+  cheap guard for a weak cross-encoder, chosen on held-out queries, never on test;
+* ``backend`` picks the runtime on the CPU: ``torch`` (the reference, and always
+  on CUDA, in fp16), ``openvino`` or ``onnx`` (exported once and cached next to the
+  model, :mod:`pipeline.rerankers.backends`); ``quantize: int8`` means each
+  runtime's own int8. A missing runtime package falls back to torch with a warning;
+* the score is ``sigmoid(a * logit + b)`` with ``a, b`` from the model folder's
+  ``calibration.json`` when there is one (:mod:`pipeline.rerankers.calibration`;
+  ``calibrate: false`` gives the plain sigmoid), and :meth:`CrossEncoderReranker.logits`
+  returns the raw logit.
 """
 
 from __future__ import annotations
@@ -34,8 +42,10 @@ from pydantic import AfterValidator, Field, PositiveInt
 from pipeline.batching import run_length_sorted
 from pipeline.device import check_device_name, resolve_device
 from pipeline.errors import ConfigError
-from pipeline.models import load_cross_encoder
+from pipeline.models import load_cross_encoder, resolve_model
 from pipeline.params import StageParams
+from pipeline.rerankers import backends
+from pipeline.rerankers.calibration import IDENTITY, Calibration, load_calibration
 from pipeline.scoring import mix_scores, rank_by_scores
 from pipeline.types import Hit
 
@@ -54,23 +64,33 @@ class CrossEncoderReranker:
     """Rescore candidates with a cross-encoder and keep the best ``top_n``."""
 
     class Params(StageParams):
+        model_keys = ("model",)
         model: str
         top_n: PositiveInt = 5
         max_length: PositiveInt = 512
         batch_size: PositiveInt = 16
         use_fp16: bool = True
         query_max_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
+        # torch: the reference (and the CUDA path); openvino / onnx: CPU runtimes (the 'fast' extra)
+        backend: Literal["torch", "openvino", "onnx"] = "torch"
         quantize: Literal["none", "int8"] = "none"
         # regexes over module names (re.search) left in fp32 under int8, e.g. the feed-forward output
         # projections, "encoder\.layer\.\d+\.output\.dense$" in BERT and XLM-R (closer scores, slower)
         quantize_skip: list[Annotated[str, AfterValidator(_check_regex)]] = []
         weight: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
         device: Annotated[str, AfterValidator(check_device_name)] = "auto"
+        calibrate: bool = True  # apply the model folder's calibration.json (Platt scaling) when it has one
+        threads: PositiveInt | None = None  # CPU threads of the openvino/onnx runtime (None: torch's count)
 
     def __init__(self, params: Params) -> None:
         self.params = params
         self._batch_size = params.batch_size
         self._network = None  # the module that scores: the model itself, or its int8 copy (set on load)
+        self._runtime = None  # an openvino/onnx runtime: padded numpy features -> logits (set on load)
+        self._tokenizer = None
+        self._calibration: Calibration | None = None
+        self.backend_used: str | None = None  # what scores after load: torch, openvino or onnx
+        self.export_path = None  # the cached export a runtime was loaded from
 
     @cached_property
     def model(self):
@@ -95,10 +115,65 @@ class CrossEncoderReranker:
         else:
             self._network = hf_model
         model.eval()
+        precision = "fp16" if on_cuda and self.params.use_fp16 else (
+            self.params.quantize if self.params.quantize != "none" else "fp32")
         logger.info("reranker %s loaded on %s (max_length %d, %s)", self.params.model, device, self.params.max_length,
-                    "fp16" if on_cuda and self.params.use_fp16 else self.params.quantize if self.params.quantize != "none"
-                    else "fp32")
+                    precision)
         return model
+
+    def _setup(self) -> None:
+        """Load what scoring needs once: the torch model, or a tokenizer and a cached openvino/onnx export."""
+        if self.backend_used is not None:
+            return
+        backend = self._choose_backend()
+        resolved = resolve_model(self.params.model, "reranker.model")
+        if backend == "torch":
+            self._tokenizer = self.model.tokenizer
+        else:
+            if not resolved.local:  # a hub id not yet downloaded: let sentence-transformers fetch it once
+                _ = self.model
+                resolved = resolve_model(self.params.model, "reranker.model")
+            from pathlib import Path
+
+            import torch
+            from transformers import AutoTokenizer
+
+            folder = Path(resolved.location)
+            self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            threads = self.params.threads or torch.get_num_threads()
+            self._runtime, self.export_path = backends.load_runtime(
+                folder, backend, self.params.quantize, threads, self._fp32_network, self._tokenizer)
+            logger.info("reranker %s: %s runtime (quantize %s, %d threads) from %s", self.params.model, backend,
+                        self.params.quantize, threads, self.export_path)
+        if self._calibration is None:
+            self._calibration = load_calibration(resolved.location if resolved.local else None) \
+                if self.params.calibrate else IDENTITY
+        self.backend_used = backend
+
+    def _choose_backend(self) -> str:
+        """The backend to use here: the configured one, or torch on CUDA or when its package is missing."""
+        backend = self.params.backend
+        if backend == "torch":
+            return backend
+        if self.params.quantize_skip:
+            raise ConfigError(f"reranker.quantize_skip applies to backend torch only, not {backend!r}; remove it")
+        device = resolve_device(self.params.device, "reranker.device")
+        if device != "cpu":
+            logger.info("reranker.backend %s is a CPU runtime; on %s the torch model is used (fp16: %s)",
+                        backend, device, self.params.use_fp16)
+            if self.params.quantize != "none":
+                raise ConfigError("reranker.quantize: int8 is a CPU path; use 'none' on CUDA (fp16 is used there)")
+            return "torch"
+        if not backends.available(backend, self.params.quantize):
+            module, package, extra = backends.RUNTIMES[backend]
+            logger.warning("reranker.backend %s needs the packages of the '%s' extra (pip install -e '.[%s]'); "
+                           "scoring with torch instead (slower, exact)", backend, extra, extra)
+            return "torch"
+        return backend
+
+    def _fp32_network(self):
+        """The Hugging Face model in fp32 on the CPU, for exporting."""
+        return self.model.model.float()
 
     @classmethod
     def from_model(cls, model, params: Params) -> CrossEncoderReranker:
@@ -110,29 +185,61 @@ class CrossEncoderReranker:
         stage = cls(params)
         stage.__dict__["model"] = model  # what the cached ``model`` property would have loaded
         stage._network = model.model
+        stage._tokenizer = model.tokenizer
+        stage._calibration = IDENTITY  # an in-memory model has no folder, so no calibration file
+        stage.backend_used = "torch"
         model.eval()
         return stage
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
-        """Relevance of each passage to the query, float32 in 0..1, in input order."""
+        """Relevance of each passage to the query, float32 in 0..1, in input order.
+
+        The calibrated probability ``sigmoid(a * logit + b)`` when the model folder has a
+        ``calibration.json`` (and ``calibrate`` is on), else ``sigmoid(logit)``.
+        """
         return self.score_many([(query, passages)])[0]
+
+    def logits(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """The cross-encoder's raw logit per passage (float32, input order), before any calibration."""
+        return self.logits_many([(query, passages)])[0]
 
     def score_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
         """:meth:`score` for several ``(query, passages)`` requests, all pairs in one length-sorted run.
 
         Used by the server's micro-batching queue: pairs of concurrent requests share batches.
         """
-        import torch
+        logits = self.logits_many(requests)
+        return [self._calibration.apply(row) for row in logits]
 
+    def logits_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+        """:meth:`logits` for several requests, all pairs in one length-sorted run."""
         sizes = [len(passages) for _, passages in requests]
         if sum(sizes) == 0:
             return [np.zeros(0, dtype=np.float32) for _ in sizes]
-        model = self.model
+        self._setup()
         features: dict[str, list[list[int]]] = {}
         for query, passages in requests:
             if len(passages):
                 for key, rows in self._tokenize(query, passages).items():
                     features.setdefault(key, []).extend(rows)
+        lengths = [len(ids) for ids in features["input_ids"]]
+        if self._runtime is not None:
+            runtime, tokenizer = self._runtime, self._tokenizer
+
+            def forward_runtime(indices: np.ndarray) -> np.ndarray:
+                batch = tokenizer.pad({k: [v[i] for i in indices] for k, v in features.items()}, return_tensors="np")
+                return runtime({k: np.asarray(t, dtype=np.int64) for k, t in batch.items()})
+
+            logits, self._batch_size = run_length_sorted(lengths, self._batch_size, forward_runtime)
+        else:
+            logits = self._torch_logits(features, lengths)
+        # (issue 18's language guard, when it comes, adjusts scores per pair here, before the split)
+        return np.split(np.asarray(logits, dtype=np.float32), np.cumsum(sizes)[:-1])
+
+    def _torch_logits(self, features: dict[str, list[list[int]]], lengths: list[int]) -> np.ndarray:
+        import torch
+
+        model = self.model
         network = self._network
         device = next(model.model.parameters()).device
         tokenizer = model.tokenizer
@@ -141,17 +248,18 @@ class CrossEncoderReranker:
             batch = tokenizer.pad({k: [v[i] for i in indices] for k, v in features.items()}, return_tensors="pt")
             with torch.inference_mode():
                 logits = network(**{k: t.to(device) for k, t in batch.items()}).logits
-            return torch.sigmoid(logits.float().view(-1)).cpu().numpy()
+            return logits.float().view(-1).cpu().numpy()
 
-        scores, self._batch_size = run_length_sorted(
-            [len(ids) for ids in features["input_ids"]], self._batch_size, forward,
+        logits, self._batch_size = run_length_sorted(
+            lengths, self._batch_size, forward,
             is_oom=lambda exc: isinstance(exc, torch.OutOfMemoryError), on_oom=_empty_cuda_cache,
         )
-        return np.split(scores, np.cumsum(sizes)[:-1])
+        return logits
 
     def _tokenize(self, query: str, passages: Sequence[str]) -> dict[str, list[list[int]]]:
         """Token ids of every (query, passage) pair, unpadded; the query capped first, then the passage."""
-        tokenizer = self.model.tokenizer
+        self._setup()
+        tokenizer = self._tokenizer
         cap = max(1, int(self.params.max_length * self.params.query_max_share))
         offsets = tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         if len(offsets) > cap:
@@ -163,8 +271,8 @@ class CrossEncoderReranker:
         return {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
 
     def load(self) -> CrossEncoderReranker:
-        """Load the model now rather than on first use."""
-        _ = self.model
+        """Load the model (or its cached openvino/onnx export, exporting it first if needed) now."""
+        self._setup()
         return self
 
     def rerank(

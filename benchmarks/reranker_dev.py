@@ -1,0 +1,158 @@
+"""Dev-query measurements for the reranker: mixing weight per first stage, and score calibration.
+
+Never reads a test split for choosing anything. Dev queries:
+
+* SciFact: the 50 *train* queries that training held back as dev (``training.data.dev_query_ids``,
+  seed 42; the shipped model never trained on them);
+* CACM, NPL, TIME, LISA (test splits only): a seeded half of each collection's queries (``--seed``,
+  default 42, :func:`dev_half`); the other half is reported separately as held-out, never used to choose.
+
+For every collection and first stage (configs/eval/{dense,bm25,hybrid}.yaml, top 50), the reranker's
+raw logits of all distinct (query, passage) pairs are computed once (``--backend``/``--quantize``) and
+kept in ``--out``/logits-<collection>.json; then nDCG@10 (ranx) of the first stage alone, and of
+``mix_scores`` at each weight, uses the calibrated (or plain sigmoid) scores exactly as the stage does.
+``--fit-calibration`` fits Platt scaling on the dev pairs (label: judged relevant) and prints the
+expected calibration error before and after, on the dev pairs and on the held-out halves.
+
+    python benchmarks/reranker_dev.py --out runs/reranker-dev [--fit-calibration] [--collections scifact,cacm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, SHARED_DATA, header
+
+FIRST_STAGES = ("dense", "bm25", "hybrid")
+WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+HALF_SPLIT = ("cacm", "npl", "time", "lisa")
+
+
+def dev_half(query_ids: list[str], seed: int = 42) -> tuple[list[str], list[str]]:
+    """A seeded half of ``query_ids`` as dev, the rest held out (both sorted)."""
+    ids = sorted(query_ids)
+    random.Random(seed).shuffle(ids)
+    half = len(ids) // 2
+    return sorted(ids[:half]), sorted(ids[half:])
+
+
+def collection_parts(name: str, seed: int):
+    from evaluation.collection import load_collection
+    from training.data import dev_query_ids
+
+    if name == "scifact":
+        train = load_collection(SHARED_DATA / "scifact", "train")
+        return {"dev": train.select(dev_query_ids(train, 50, 42))}
+    test = load_collection(SHARED_DATA / name, "test")
+    dev, held = dev_half(list(test.queries), seed)
+    return {"dev": test.select(dev), "held-out": test.select(held)}
+
+
+def candidates(collection, stage: str, cache: Path):
+    """query id -> retrieved hits (top 50) of configs/eval/<stage>.yaml."""
+    from evaluation.runner import ConfigSpec, Evaluator
+    from pipeline.config import load_config
+
+    config = load_config(ROOT / "configs" / "eval" / f"{stage}.yaml")
+    evaluator = Evaluator(collection, cache)
+    index = evaluator.prepare(ConfigSpec(stage, str(ROOT / "configs" / "eval" / f"{stage}.yaml"), ()), config)
+    pipe = evaluator.pipeline(config, Path(index["path"]))
+    return {qid: pipe.ask(text, top_k=50, top_n=50).retrieved for qid, text in collection.queries.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "models" / "minilm-reranker"))
+    parser.add_argument("--backend", default="openvino")
+    parser.add_argument("--quantize", default="int8")
+    parser.add_argument("--max-length", type=int, default=160)
+    parser.add_argument("--collections", default="scifact,cacm,npl,time,lisa")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--cache", default=str(ROOT / "runs" / "cache"))
+    parser.add_argument("--out", default=str(ROOT / "runs" / "reranker-dev"))
+    parser.add_argument("--no-calibration", action="store_true", help="score with the plain sigmoid")
+    parser.add_argument("--fit-calibration", action="store_true")
+    args = parser.parse_args()
+    header("Reranker on dev queries: weights per first stage, calibration")
+    from evaluation.metrics import evaluate_rankings, fold_to_documents
+    from pipeline.rerankers.calibration import (
+        IDENTITY,
+        expected_calibration_error,
+        fit_platt,
+        load_calibration,
+    )
+    from pipeline.rerankers.cross_encoder import CrossEncoderReranker
+    from pipeline.scoring import mix_scores, rank_by_scores
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = CrossEncoderReranker(CrossEncoderReranker.Params(
+        model=args.model, backend=args.backend, quantize=args.quantize, max_length=args.max_length, device="cpu"))
+    calibration = IDENTITY if args.no_calibration else load_calibration(args.model)
+    print(f"reranker {args.model} backend {args.backend} quantize {args.quantize} max_length {args.max_length}; "
+          f"calibration a={calibration.a:.4f} b={calibration.b:.4f}\n")
+    table: dict[tuple[str, str, str], dict[float, float]] = {}
+    labelled: dict[str, list[tuple[float, int]]] = {"dev": [], "held-out": []}
+    for name in args.collections.split(","):
+        store_path = out / f"logits-{name}-{args.backend}-{args.quantize}-{args.max_length}.json"
+        store = json.loads(store_path.read_text()) if store_path.is_file() else {}
+        for part, collection in collection_parts(name, args.seed).items():
+            for first in FIRST_STAGES:
+                lists = candidates(collection, first, Path(args.cache))
+                for qid, hits in lists.items():
+                    query = collection.queries[qid]
+                    missing = list(dict.fromkeys(h.text for h in hits if f"{query}\t{h.text}" not in store))
+                    if missing:
+                        for text, logit in zip(missing, stage.logits(query, missing)):
+                            store[f"{query}\t{text}"] = float(logit)
+                store_path.write_text(json.dumps(store))
+                rankings = {w: {} for w in WEIGHTS}
+                for qid, hits in lists.items():
+                    query = collection.queries[qid]
+                    logits = np.array([store[f"{query}\t{h.text}"] for h in hits], dtype=np.float32)
+                    if first == "dense":
+                        judged = collection.qrels[qid]
+                        labelled[part].extend((float(x), int(judged.get(h.doc_id, 0) > 0))
+                                              for x, h in zip(logits, hits))
+                    scores = calibration.apply(logits)
+                    for w in WEIGHTS:
+                        mixed = mix_scores(scores, [h.retrieval_score for h in hits], w) if w > 0 else None
+                        ranked = rank_by_scores(hits, mixed, len(hits)) if w > 0 else list(hits)
+                        rankings[w][qid] = [d for d, _ in fold_to_documents(ranked)]
+                table[(name, part, first)] = {
+                    w: evaluate_rankings(collection.qrels, rankings[w], ["ndcg@10"]).means["ndcg@10"] for w in WEIGHTS}
+                row = table[(name, part, first)]
+                print(f"| {name} | {part} ({len(collection.queries)} q) | {first} | "
+                      + " | ".join(f"{row[w]:.4f}" for w in WEIGHTS) + " |", flush=True)
+    print("\nweights: " + ", ".join(str(w) for w in WEIGHTS) + " (0 = first stage alone)")
+    for part in ("dev", "held-out"):
+        for first in FIRST_STAGES:
+            rows = [v for (n, p, f), v in table.items() if p == part and f == first]
+            if rows:
+                gains = {w: [r[w] - r[0.0] for r in rows] for w in WEIGHTS}
+                print(f"{part} {first}: mean gain over {len(rows)} collections "
+                      + ", ".join(f"{w}: {np.mean(gains[w]):+.4f} (min {min(gains[w]):+.4f})" for w in WEIGHTS[1:]))
+    (out / "table.json").write_text(json.dumps({"|".join(k): v for k, v in table.items()}, indent=1))
+    if args.fit_calibration and labelled["dev"]:
+        x, y = (np.array(v) for v in zip(*labelled["dev"]))
+        fitted = fit_platt(x, y)
+        print(f"\nPlatt fit on {len(x)} dev pairs ({int(y.sum())} relevant): a={fitted.a:.4f} b={fitted.b:.4f}")
+        for part, rows in labelled.items():
+            if rows:
+                px, py = (np.array(v) for v in zip(*rows))
+                print(f"ECE on {part} pairs ({len(px)}, {int(py.sum())} relevant): sigmoid "
+                      f"{expected_calibration_error(IDENTITY.apply(px), py):.4f}, calibrated "
+                      f"{expected_calibration_error(fitted.apply(px), py):.4f}; mean score of relevant "
+                      f"{fitted.apply(px)[py == 1].mean():.3f} vs irrelevant {fitted.apply(px)[py == 0].mean():.3f} "
+                      f"(sigmoid {IDENTITY.apply(px)[py == 1].mean():.3f} vs {IDENTITY.apply(px)[py == 0].mean():.3f})")
+        (out / "platt.json").write_text(json.dumps({"a": fitted.a, "b": fitted.b, "pairs": len(x)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
