@@ -62,9 +62,16 @@ def test_folder_without_a_model(tmp_path):
         load_cross_encoder(str(tmp_path / "empty-model"), "reranker.model", "cpu", 128)
 
 
-def test_relative_folder_resolves_from_the_project_root(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the shipped configs name folders relative to the project root
-    resolved = resolve_model("./configs", "reranker.model")
+def test_shipped_config_finds_its_model_from_any_working_directory(tmp_path, monkeypatch):
+    # One rule for relative paths: a folder named in a config file is relative to that file's folder
+    # (it used to be looked up in the project root as a second guess).
+    from pipeline.config import load_config
     from tests.conftest import ROOT
 
-    assert resolved.location == str(ROOT / "configs")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(ROOT / "configs" / "offline.yaml")
+    resolved = resolve_model(config.reranker.params.model, "reranker.model")
+    assert resolved.location == str(ROOT / "models" / "minilm-reranker")
+    assert config.index.params.path == str(ROOT / "indexes" / "offline")
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        resolve_model("./configs", "reranker.model")  # on the command line: the working directory
