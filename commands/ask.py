@@ -1,7 +1,13 @@
-"""Ask a question: python scripts/ask.py "QUERY" [--config FILE] [--index DIR] [--json]."""
+"""Ask a question: python scripts/ask.py "QUERY" [--config FILE] [--index DIR] [--json] [--answer].
+
+--answer adds a cited answer under the two lists, from the config's generator: section; a config
+without one uses the bundled local model (as --set generator.type=local would). A config with a
+generator answers without the flag; --no-answer skips it.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from commands.common import common_parser, run, setup_logging
@@ -15,22 +21,38 @@ def main(argv=None) -> int:
                         help="retrieved hits to show beside the reranked ones (default 10)")
     parser.add_argument("--top-k", type=int, default=None, help="candidates to retrieve (default: retriever.top_k)")
     parser.add_argument("--top-n", type=int, default=None, help="hits the reranker keeps (default: reranker.top_n)")
+    answer = parser.add_mutually_exclusive_group()
+    answer.add_argument("--answer", dest="generate", action="store_true", default=None,
+                        help="answer from the top_n passages (the config's generator, else the bundled local model)")
+    answer.add_argument("--no-answer", dest="generate", action="store_false",
+                        help="skip the answer even when the config has a generator")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
     from pipeline.errors import InputError
     from pipeline.pipeline import Pipeline
-    from pipeline.render import print_side_by_side, result_to_json
+    from pipeline.render import print_answer, print_side_by_side, result_to_json
 
     for flag, value in (("--top-k", args.top_k), ("--top-n", args.top_n), ("--show", args.show)):
         if value is not None and value <= 0:
             raise InputError(f"{flag} must be a positive number, got {value}")
     pipe = Pipeline.from_yaml(args.config, args.overrides, args.index)
-    result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n)
+    if args.generate and pipe.config.generator is None:
+        logging.getLogger(__name__).info("no generator: section in %s; using the bundled local model", args.config)
+        pipe = Pipeline.from_yaml(args.config, [*args.overrides, "generator.type=local"], args.index)
+    generate = pipe.config.generator is not None if args.generate is None else args.generate
     if args.json:
+        result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n, generate=generate)
         print(result_to_json(result))
-    else:
-        print_side_by_side(result, show=args.show)
+        if result.answer_error:
+            print(f"error: {result.answer_error}", file=sys.stderr)
+            return 1
+        return 0
+    result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n, generate=False)
+    print_side_by_side(result, show=args.show)
+    if generate:
+        sys.stdout.flush()  # the two lists show while the answer is generated
+        print_answer(pipe.answer(result))  # a failure is one line on stderr, under the lists
     return 0
 
 

@@ -1,7 +1,7 @@
 """Load and validate the pipeline's YAML config into typed objects, once.
 
 The file has one section per stage (``embedder``, ``index``, ``retriever``,
-``reranker``) plus ``chunking``. A stage section names its implementation
+``reranker``, the optional ``generator``) plus ``chunking``. A stage section names its implementation
 with ``type:`` (looked up in :mod:`pipeline.registry`); its other keys are
 validated by that class's ``Params`` model, so an unknown key, a wrong value
 type or an unknown type fails here, with the key's path in the message.
@@ -29,8 +29,8 @@ from pipeline import registry
 from pipeline.errors import ConfigError
 from pipeline.params import StageParams
 
-STAGE_KINDS = ("embedder", "index", "retriever", "reranker")
-OPTIONAL_STAGES = ("reranker",)
+STAGE_KINDS = ("embedder", "index", "retriever", "reranker", "generator")
+OPTIONAL_STAGES = ("reranker", "generator")
 SECTIONS = (*STAGE_KINDS, "chunking", "ray", "server")
 
 
@@ -120,7 +120,7 @@ class StageConfig:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    """The whole validated config. ``reranker`` is None when disabled."""
+    """The whole validated config. ``reranker`` is None when disabled; ``generator`` unless configured."""
 
     embedder: StageConfig
     index: StageConfig
@@ -130,10 +130,13 @@ class PipelineConfig:
     source: str = "<dict>"
     ray: RayParams = RayParams()
     server: ServerParams = ServerParams()
+    generator: StageConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {kind: getattr(self, kind).to_dict() for kind in ("embedder", "index", "retriever")}
         out["reranker"] = self.reranker.to_dict() if self.reranker else {"enabled": False}
+        if self.generator is not None:
+            out["generator"] = self.generator.to_dict()
         out["chunking"] = self.chunking.model_dump()
         if self.ray != RayParams():  # only build-time settings; left out when default
             out["ray"] = self.ray.model_dump()
@@ -259,6 +262,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConf
         source=source,
         ray=ray,
         server=server,
+        generator=stages["generator"],
     )
 
 

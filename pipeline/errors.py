@@ -89,3 +89,12 @@ class ServiceUnavailableError(RagError):
     """A server the pipeline needs (Milvus, a Ray cluster) cannot be reached, or a local database cannot be opened."""
 
     exit_code = 1
+
+
+class GeneratorError(RagError):
+    """The answer step failed: the LLM endpoint does not answer, rejects the key, times out or errs.
+
+    The message is one line naming the endpoint and what to do; the retrieval results stand.
+    """
+
+    exit_code = 1

@@ -1,38 +1,40 @@
-"""Compose the configured stages: retrieve ``top_k``, rerank, keep ``top_n``."""
+"""Compose the configured stages: retrieve ``top_k``, rerank, keep ``top_n``, and optionally answer from them."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig, StageConfig, load_config
 from pipeline.errors import ConfigError, IndexMismatchError, InputError, RagError, StageError
-from pipeline.protocols import Embedder, Reranker, Retriever
+from pipeline.protocols import Embedder, Generator, Reranker, Retriever
 from pipeline.store import IndexBundle, load_index
-from pipeline.types import PipelineResult
+from pipeline.types import Answer, PipelineResult
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_N = 5
-STAGE_ATTRIBUTES = ("embedder", "index", "retriever", "reranker")
+STAGE_ATTRIBUTES = ("embedder", "index", "retriever", "reranker", "generator")
 
 
 def build_stage(stage: StageConfig, **available: Any):
     """Instantiate a configured stage (cheap: models load in ``load()`` or on first use).
 
-    A retriever gets the stages its class ``requires`` (``embedder``, ``index``) from ``available``.
+    A retriever or a generator gets the stages its class ``requires`` (``embedder``, ``index``) from
+    ``available``.
     """
     cls = stage.cls
-    if stage.kind != "retriever":
+    if stage.kind not in ("retriever", "generator"):
         return cls(stage.params)
     missing = [name for name in cls.requires if name not in available]
     if missing:
-        raise ValueError(f"retriever {stage.type!r} needs {', '.join(missing)}")
+        raise ValueError(f"{stage.kind} {stage.type!r} needs {', '.join(missing)}")
     return cls(stage.params, **{name: available[name] for name in cls.requires})
 
 
@@ -60,6 +62,7 @@ class Pipeline:
         self.index_path = Path(index_path or config.index.params.path)
         self._lock = threading.RLock()
         self._loaded = False
+        self._generator_loaded = False
         for name, stage in (stages or {}).items():
             if name not in STAGE_ATTRIBUTES:
                 raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_ATTRIBUTES)}")
@@ -93,6 +96,14 @@ class Pipeline:
     def reranker(self) -> Reranker | None:
         return build_stage(self.config.reranker) if self.config.reranker is not None else None
 
+    @cached_property
+    def generator(self) -> Generator | None:
+        """The answer stage, or None when no ``generator:`` is configured (its embedder loads only when used)."""
+        if self.config.generator is None:
+            return None
+        deps = {name: getattr(self, name) for name in self.config.generator.cls.requires}
+        return build_stage(self.config.generator, **deps)
+
     @property
     def _retriever_needs(self) -> tuple[str, ...]:
         return tuple(self.config.retriever.cls.requires)
@@ -110,17 +121,34 @@ class Pipeline:
         """The name of the index version this pipeline reads."""
         return self.index.version_dir.name
 
-    def load(self) -> Pipeline:
-        """Load every model and the index now rather than on the first query (once; thread-safe)."""
-        if self._loaded:
-            return self
-        with self._lock:
-            if not self._loaded:
-                self.retriever.load()
-                if self.reranker is not None:
-                    self.reranker.load()
-                self._loaded = True
+    def load(self, *, generator: bool = True) -> Pipeline:
+        """Load every model and the index now rather than on the first query (once; thread-safe).
+
+        ``generator=False`` leaves a configured generator to load on the first answer.
+        """
+        if not self._loaded:
+            with self._lock:
+                if not self._loaded:
+                    self.retriever.load()
+                    if self.reranker is not None:
+                        self.reranker.load()
+                    self._loaded = True
+        if generator and self.generator is not None:
+            self._load_generator()
         return self
+
+    def _load_generator(self) -> Generator:
+        if self.generator is None:
+            raise ConfigError(
+                "no generator configured: add a 'generator:' section to the config (docs/answers.md), "
+                "for example --set generator.type=local for the bundled model"
+            )
+        if not self._generator_loaded:
+            with self._lock:
+                if not self._generator_loaded:
+                    self._run("generator", self.generator.load)
+                    self._generator_loaded = True
+        return self.generator
 
     def ask(
         self,
@@ -130,16 +158,21 @@ class Pipeline:
         *,
         rerank: bool = True,
         weight: float | None = None,
+        generate: bool | None = None,
     ) -> PipelineResult:
-        """Retrieve ``top_k`` candidates for ``query`` and rerank them down to ``top_n``.
+        """Retrieve ``top_k`` candidates for ``query``, rerank them down to ``top_n``, and optionally answer.
 
         Args:
             top_k, top_n: override the config's ``retriever.top_k`` / ``reranker.top_n`` (None: use them).
             rerank: False skips a configured reranker for this call (the first stage's list is the answer).
             weight: the reranker's share of the final score for this call (default ``reranker.weight``).
+            generate: answer from :attr:`PipelineResult.hits` with the configured generator (None: when one
+                is configured). If generating fails, the result still holds both lists, ``answer`` is None
+                and ``answer_error`` says why in one line.
 
         Raises:
             InputError: the query is empty or only whitespace, or ``top_k``/``top_n``/``weight`` is out of range.
+            ConfigError: ``generate=True`` but no generator is configured.
         """
         query = validate_query(query)
         top_k = self.top_k if top_k is None else _positive("top_k", top_k)
@@ -148,7 +181,11 @@ class Pipeline:
             raise InputError(f"top_n ({top_n}) is larger than top_k ({top_k})")
         if weight is not None and not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
             raise InputError(f"weight must be a number from 0 to 1, got {weight!r}")
-        self.load()
+        if generate is None:
+            generate = self.config.generator is not None
+        elif generate and self.config.generator is None:
+            self._load_generator()  # raises the ConfigError that says how to configure one
+        self.load(generator=False)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         retrieved = self._run("retriever", lambda: self.retriever.search([query], top_k, timings)[0])
@@ -160,7 +197,40 @@ class Pipeline:
             timings["rerank"] = time.perf_counter() - begin
         timings["total"] = time.perf_counter() - start
         logger.debug("timings for %r: %s", query, timings)
-        return PipelineResult(query=query, retrieved=retrieved, reranked=reranked, top_n=top_n, timings=timings)
+        result = PipelineResult(query=query, retrieved=retrieved, reranked=reranked, top_n=top_n, timings=timings)
+        if not generate:
+            return result
+        try:
+            return self.answer(result)
+        except RagError as exc:
+            message = " ".join(str(exc).split())
+            logger.warning("no answer for %r: %s", query, message)
+            return replace(result, answer_error=message)
+
+    def answer(self, result: PipelineResult) -> PipelineResult:
+        """``result`` with the generator's answer from its :attr:`~PipelineResult.hits` (``timings`` gains
+        ``generate``).
+
+        Raises:
+            ConfigError: no generator is configured, or the prompt cannot fit the model's window.
+            GeneratorError: the endpoint does not answer, rejects the key, or times out.
+            ModelNotFoundError: the local model (or its package) is missing.
+        """
+        *_, answer = self.stream_answer(result)
+        timings = {**result.timings, "generate": answer.timings.get("generate", 0.0) + answer.timings.get(
+            "attribute", 0.0)}
+        timings["total"] = result.timings.get("total", 0.0) + timings["generate"]
+        return replace(result, answer=answer, answer_error=None, timings=timings)
+
+    def stream_answer(self, result: PipelineResult) -> Iterator[str | Answer]:
+        """The answer to ``result`` as it is generated: text pieces, then the :class:`~pipeline.types.Answer`."""
+        generator = self._load_generator()
+        pieces = generator.stream(result.query, result.hits)
+        try:
+            while (item := self._run("generator", lambda: next(pieces, None))) is not None:
+                yield item
+        finally:
+            pieces.close()  # a reader that stops early stops the generation too
 
     def _run(self, kind: str, call):
         stage = getattr(self.config, kind)

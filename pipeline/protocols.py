@@ -25,6 +25,7 @@ embedder   ``cls(params)``
 index      ``cls(params)``
 retriever  ``cls(params, **{name: ... for name in cls.requires})``
 reranker   ``cls(params)``
+generator  ``cls(params, **{name: ... for name in cls.requires})``
 =========  =====================================================
 
 ``docs/architecture.md`` shows how to add a stage, with a worked example.
@@ -32,13 +33,13 @@ reranker   ``cls(params)``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from pipeline.types import Hit
+from pipeline.types import Answer, Hit
 
 
 @runtime_checkable
@@ -149,3 +150,28 @@ class Reranker(Protocol):
         ``weight`` (default ``params.weight``) is the reranker's share of the final score; the
         rest is the first stage's (:func:`pipeline.scoring.mix_scores`).
         """
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """The optional last stage: an answer to the query from the ``top_n`` passages, with citations.
+
+    ``requires`` names the stages the constructor takes: ``("embedder",)``, used to check the
+    model's citations and attribute uncited sentences (``pipeline.generators.citations``).
+    """
+
+    params: Any
+    requires: tuple[str, ...]
+
+    def load(self) -> Generator:
+        """Load the model (or make the client) now."""
+
+    def generate(self, query: str, hits: Sequence[Hit]) -> Answer:
+        """Answer ``query`` from ``hits``, numbered ``[1]..[n]`` in the prompt in their order.
+
+        Citations outside ``1..n`` are dropped (``Answer.dropped``); a prompt that cannot fit
+        the model's window is a ``ConfigError``; an endpoint failure a ``GeneratorError``.
+        """
+
+    def stream(self, query: str, hits: Sequence[Hit]) -> Iterator[str | Answer]:
+        """Like :meth:`generate`, but yields the reply's text pieces as they arrive, then the ``Answer``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pipeline.errors import ConfigError
 from pipeline.stages import BUILTIN
 
-KINDS = ("embedder", "index", "retriever", "reranker")
+KINDS = ("embedder", "index", "retriever", "reranker", "generator")
 
 _TABLE: dict[str, dict[str, type]] = {kind: dict(BUILTIN.get(kind, {})) for kind in KINDS}
 

@@ -1,8 +1,9 @@
-"""Terminal and JSON views of a :class:`PipelineResult`."""
+"""Terminal and JSON views of a :class:`PipelineResult` (the two lists, and the answer when there is one)."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from typing import Any
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.types import Hit, PipelineResult
+from pipeline.types import Answer, Hit, PipelineResult
 
 
 def result_to_dict(
@@ -23,6 +24,9 @@ def result_to_dict(
         "reranked": None if result.reranked is None else [_hit_dict(h) for h in result.reranked],
         "timings_ms": {k: round(v * 1000, 2) for k, v in result.timings.items()},
     }
+    if result.answer is not None or result.answer_error is not None:
+        out["answer"] = None if result.answer is None else answer_to_dict(result.answer)
+        out["answer_error"] = result.answer_error
     if config is not None:
         out["config"] = config
     if index_version is not None:
@@ -32,6 +36,98 @@ def result_to_dict(
 
 def result_to_json(result: PipelineResult) -> str:
     return json.dumps(result_to_dict(result), ensure_ascii=False, indent=2)
+
+
+def answer_to_dict(answer: Answer) -> dict[str, Any]:
+    """An answer as a JSON-ready dict: text, ``annotated`` text (attributed citations marked ``[n*]``),
+    citations with their origin, the numbered passages, the dropped numbers, tokens and timings."""
+    return {
+        "text": answer.text,
+        "annotated": annotate(answer),
+        "sentences": list(answer.sentences),
+        "citations": [
+            {"number": c.number, "sentence": c.sentence, "origin": c.origin,
+             "similarity": None if c.similarity is None else round(c.similarity, 4), "supported": c.supported,
+             "chunk_id": answer.passages[c.number - 1].chunk_id, "source": answer.passages[c.number - 1].source}
+            for c in answer.citations
+        ],
+        "cited": answer.cited,
+        "dropped": list(answer.dropped),
+        "passages": [
+            {"number": i, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "source": h.source, "title": h.title}
+            for i, h in enumerate(answer.passages, start=1)
+        ],
+        "generator": answer.generator,
+        "model": answer.model,
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "trimmed": answer.trimmed,
+        "finish_reason": answer.finish_reason,
+        "timings_ms": {k: round(v * 1000, 2) for k, v in answer.timings.items()},
+    }
+
+
+_END = re.compile(r"^(.*?)([.!?。！？]*)$", re.S)
+
+
+def annotate(answer: Answer) -> str:
+    """The answer's sentences with the attributed citations added as ``[n*]`` (the model's stay ``[n]``).
+
+    Example:
+        ``"Low vitamin D weakens muscles [1*]. It also hurts the bones [2]."``
+    """
+    out = []
+    for i, sentence in enumerate(answer.sentences):
+        added = "".join(f"[{c.number}*]" for c in answer.citations if c.sentence == i and c.origin == "attributed")
+        if added and not sentence.endswith("]"):
+            body, stop = _END.match(sentence).groups()
+            sentence = f"{body.rstrip()} {added}{stop}"
+        elif added:
+            sentence = f"{sentence}{added}"
+        out.append(sentence)
+    return " ".join(out)
+
+
+def print_answer(result: PipelineResult, console: Console | None = None) -> None:
+    """The answer under the two lists: its text with citations, then each cited source and how it was cited."""
+    console = console or Console()
+    answer = result.answer
+    if answer is None:
+        if result.answer_error:
+            console.print(Text(f"no answer: {result.answer_error}", style="red"))
+        return
+    spent = answer.timings.get("generate", 0.0)
+    first = answer.timings.get("first_token")
+    head = (f"Answer ({answer.generator}: {answer.model}; {answer.completion_tokens} tokens in {spent:.1f} s"
+            + (f", first after {first:.1f} s" if first is not None else "") + ")")
+    console.print(Text(head, style="bold"))
+    console.print(annotate(answer) or "(empty answer)", markup=False, highlight=False)
+    if answer.finish_reason == "length":
+        console.print(Text("(cut at generator.max_tokens)", style="dim"))
+    console.print(Text("Sources:", style="bold"))
+    if not answer.cited:
+        console.print(Text("  none: no sentence cites or resembles a passage", style="dim"))
+    for number in answer.cited:
+        hit = answer.passages[number - 1]
+        marks = [c for c in answer.citations if c.number == number]
+        how = []
+        if any(c.origin == "model" and c.supported for c in marks):
+            how.append("cited by the model")
+        if any(c.origin == "model" and not c.supported for c in marks):
+            low = min(c.similarity for c in marks if c.origin == "model" and not c.supported)
+            how.append(f"cited by the model but not supported (similarity {low:.2f})")
+        if any(c.origin == "attributed" for c in marks):
+            best = max(c.similarity for c in marks if c.origin == "attributed")
+            how.append(f"attributed* by similarity ({best:.2f})")
+        line = Text(f"  [{number}] ")
+        line.append(hit.source + (f" [chunk {hit.position}]" if hit.position else ""), style="magenta")
+        line.append(f"  {'; '.join(how)}", style="dim")
+        console.print(line)
+    if answer.dropped:
+        console.print(Text(f"dropped citations outside 1..{len(answer.passages)}: "
+                           + ", ".join(f"[{n}]" for n in answer.dropped), style="yellow"))
+    if answer.trimmed:
+        console.print(Text(f"{answer.trimmed} passage(s) cut or left out to fit the model's window", style="yellow"))
 
 
 def hit_to_dict(hit: Hit) -> dict[str, Any]:

@@ -71,7 +71,9 @@ class PipelineResult:
     ``retrieved`` is the first stage's list (``top_k`` long), ``reranked`` the
     reranker's (``top_n`` long) or None when the reranker is disabled, and
     ``timings`` holds seconds per stage (``embed``, ``search``, ``retrieve``,
-    ``rerank``, ``total``).
+    ``rerank``, ``generate``, ``total``). ``answer`` is the generator's answer when one
+    was asked for; ``answer_error`` the one-line reason when generating failed (the two
+    lists are still there).
     """
 
     query: str
@@ -79,8 +81,66 @@ class PipelineResult:
     reranked: list[Hit] | None
     top_n: int
     timings: dict[str, float] = field(default_factory=dict)
+    answer: Answer | None = None
+    answer_error: str | None = None
 
     @property
     def hits(self) -> list[Hit]:
         """The context to hand to a generator: the reranked list, or the first ``top_n`` retrieved."""
         return self.reranked if self.reranked is not None else self.retrieved[: self.top_n]
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    """One passage cited by one sentence of an answer.
+
+    ``number`` is the passage's ``[n]`` in the prompt (1-based, an index into
+    :attr:`Answer.passages`). ``origin`` is ``"model"`` when the model wrote the
+    marker, ``"attributed"`` when the pipeline added it because the sentence is
+    similar enough to the passage. ``similarity`` is the cosine of sentence and
+    passage under the pipeline's embedder (None when attribution is off), and
+    ``supported`` says whether it reaches the attribution threshold (a model's
+    citation below it is kept, and marked).
+    """
+
+    number: int
+    sentence: int
+    origin: str
+    similarity: float | None = None
+    supported: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a generator returns: the text, its checked citations, and what it cost.
+
+    ``text`` is the model's answer with out-of-range markers removed (they are listed
+    in ``dropped``); ``sentences`` is that text split into sentences, which
+    ``Citation.sentence`` indexes. ``passages`` are the hits the prompt numbered
+    ``[1]..[n]`` (after the token budget: ``trimmed`` counts passages cut short or left
+    out to fit the model's window). ``timings`` holds seconds for ``first_token``,
+    ``generate`` and ``attribute``.
+    """
+
+    text: str
+    sentences: tuple[str, ...]
+    citations: tuple[Citation, ...]
+    dropped: tuple[int, ...]
+    passages: tuple[Hit, ...]
+    generator: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+    trimmed: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def cited(self) -> list[int]:
+        """The passage numbers cited by any sentence, in first-cited order, each once."""
+        return list(dict.fromkeys(c.number for c in self.citations))
+
+    @property
+    def cited_passages(self) -> list[Hit]:
+        """The passages behind :attr:`cited`, in the same order."""
+        return [self.passages[n - 1] for n in self.cited]

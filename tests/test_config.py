@@ -76,7 +76,7 @@ _DELETE = object()
         ("retriever", _DELETE, r"missing section 'retriever'"),
         ("retriever.enabled", False, r"retriever cannot be disabled"),
         ("extra_section", {},
-         r"unknown key 'extra_section'; valid keys: embedder, index, retriever, reranker, chunking"),
+         r"unknown key 'extra_section'; valid keys: embedder, index, retriever, reranker, generator, chunking"),
         ("index", "faiss", r"'index' must be a mapping"),
     ],
 )
