@@ -3,7 +3,8 @@
 Endpoints (docs/serving.md has a curl example for each):
 
 =====================  ==============================================================
-``POST /v1/ask``       retrieve and rerank; the JSON of ``ask.py --json`` + config, index_version
+``POST /v1/ask``       retrieve and rerank (and answer); the JSON of ``ask.py --json`` + config, index_version
+``POST /v1/chat/completions``  OpenAI's chat shape: a grounded, cited answer; ``stream`` for server-sent events
 ``POST /v1/search``    the first stage only
 ``POST /v1/rerank``    Cohere's rerank shape (also ``/v2/rerank``, for the SDK's ClientV2)
 ``POST /rerank``       Text Embeddings Inference's rerank shape
@@ -22,6 +23,7 @@ Every error is a JSON body ``{"error": KIND, "message": TEXT}`` with its status:
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import threading
@@ -35,18 +37,19 @@ from typing import Any
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from pipeline.config import PipelineConfig, ServerParams
-from pipeline.errors import ConfigError, InputError, RagError
+from pipeline.errors import ConfigError, GeneratorError, InputError, RagError
 from pipeline.pipeline import validate_query
-from pipeline.render import hit_to_dict, result_to_dict
+from pipeline.render import answer_to_dict, hit_to_dict, result_to_dict
+from pipeline.types import Answer
 from server.batching import QueueFullError
 from server.metrics import CONTENT_TYPE, Metrics
 from server.pipelines import NotReadyError, PipelineSet
-from server.schemas import AskRequest, CohereRerankRequest, SearchRequest, TeiRerankRequest
+from server.schemas import AskRequest, ChatRequest, CohereRerankRequest, SearchRequest, TeiRerankRequest
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +172,8 @@ def create_app(
             return error(503, "overloaded", str(exc), {"Retry-After": RETRY_AFTER_S})
         if isinstance(exc, NotReadyError):
             return error(503, "not_ready", str(exc), {"Retry-After": RETRY_AFTER_S})
+        if isinstance(exc, GeneratorError):
+            return error(502, "generator_error", str(exc))
         logger.error("%s: %s", type(exc).__name__, exc)
         return error(500, "pipeline_error", str(exc))
 
@@ -229,6 +234,7 @@ def create_app(
                 "top_n": reranker.params.top_n if reranker is not None else None,
                 "weight": reranker.params.weight if reranker is not None else None,
                 "index_version": served.pipeline.version if served.pipeline is not None else None,
+                "generator": config.generator.type if config.generator is not None else None,
             })
         return {"default": pipelines.default, "configs": out}
 
@@ -238,9 +244,65 @@ def create_app(
         check_filter(body.filter)
         query = check_query(body.query)
         served, pipe = pipelines.get(body.config)
-        result = pipe.ask(query, body.top_k, body.top_n, rerank=body.reranker, weight=body.weight)
+        result = pipe.ask(query, body.top_k, body.top_n, rerank=body.reranker, weight=body.weight,
+                          generate=body.answer)
         metrics.observe_timings(result.timings)
         return result_to_dict(result, config=served.name, index_version=pipe.version)
+
+    @app.post("/v1/chat/completions", tags=["pipeline"], dependencies=[Depends(authorize)])
+    def chat_completions(body: ChatRequest):
+        """OpenAI's chat completions over the pipeline: the last user message is retrieved, reranked and
+        answered by the config's generator. ``rag`` in the reply (in the last chunk when streaming) holds
+        the citations, the numbered passages and the timings; streamed pieces are the model's raw text."""
+        question = next((m.text for m in reversed(body.messages) if m.role == "user"), "")
+        query = check_query(question)
+        served, pipe = pipelines.get(body.model if body.model in pipelines.served else None)
+        if pipe.config.generator is None:
+            raise ApiError(400, "unsupported", f"config {served.name!r} has no generator: section (docs/answers.md)")
+        result = pipe.ask(query, body.top_k, body.top_n, generate=False)
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": ident, "created": created, "model": served.name}
+
+        def usage(answer: Answer) -> dict[str, int]:
+            total = answer.prompt_tokens + answer.completion_tokens
+            return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                    "total_tokens": total}
+
+        def rag(answer: Answer) -> dict[str, Any]:
+            return {**answer_to_dict(answer), "index_version": pipe.version,
+                    "timings_ms": {k: round(v * 1000, 2) for k, v in {**result.timings, **answer.timings}.items()}}
+
+        if not body.stream:
+            answered = pipe.answer(result)
+            metrics.observe_timings(answered.timings)
+            answer = answered.answer
+            return {**head, "object": "chat.completion", "usage": usage(answer), "rag": rag(answer), "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": answer.text},
+                 "finish_reason": answer.finish_reason or "stop"}]}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            data = {**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        def events():
+            yield chunk({"role": "assistant", "content": ""})
+            try:
+                for item in pipe.stream_answer(result):
+                    if isinstance(item, Answer):
+                        yield chunk({}, item.finish_reason or "stop", rag=rag(item))
+                        if (body.stream_options or {}).get("include_usage"):
+                            data = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(item)}
+                            yield f"data: {json.dumps(data)}\n\n"
+                    else:
+                        yield chunk({"content": item})
+            except RagError as exc:  # the status is sent already: report in the stream, as OpenAI does
+                logger.warning("answer failed: %s", exc)
+                kind = "generator_error" if isinstance(exc, GeneratorError) else "pipeline_error"
+                yield f"data: {json.dumps({'error': {'type': kind, 'message': str(exc)}})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/search", tags=["pipeline"], dependencies=[Depends(authorize)])
     def search(body: SearchRequest) -> dict[str, Any]:

@@ -24,6 +24,40 @@ class AskRequest(BaseModel):
     weight: StrictFloat | None = Field(None, ge=0.0, le=1.0, description="the reranker's share of the final score")
     filter: dict[str, Any] | list[Any] | None = Field(None, description="metadata filter (not supported yet)")
     config: StrictStr | None = Field(None, description="name of the config to answer with (default: the first)")
+    answer: StrictBool | None = Field(
+        None, description="answer from the top_n passages with the config's generator (default: when it has one)")
+
+
+class ChatMessage(BaseModel):
+    """One message of an OpenAI chat request; ``content`` as a string or a list of text parts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: StrictStr
+    content: StrictStr | list[dict[str, Any]] | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return " ".join(str(part.get("text", "")) for part in self.content if part.get("type", "text") == "text")
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    """``POST /v1/chat/completions`` in OpenAI's shape: the last user message is the question.
+
+    ``model`` picks a served config by name when it matches one (else the default config). The
+    sampling fields of OpenAI's API are accepted and ignored: the config's generator settings apply.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: StrictBool = False
+    stream_options: dict[str, Any] | None = None
+    top_k: StrictInt | None = Field(None, gt=0)
+    top_n: StrictInt | None = Field(None, gt=0)
 
 
 class SearchRequest(BaseModel):

@@ -330,3 +330,86 @@ def test_the_bundled_model_answers_the_vitamin_d_question_with_valid_citations(t
     assert all(1 <= c.number <= result.top_n for c in answer.citations)
     assert answer.cited, f"no citation, made or attributed: {answer.text!r}"
     assert answer.cited_passages[0].source.startswith("health/vitamin-d")
+
+
+# -- over HTTP: the project's own server, a real uvicorn process on a loopback port ------------
+
+
+@pytest.fixture()
+def answer_server(answer_config):
+    """scripts/serve.py answering with the tiny generator, on a free loopback port; yields its /v1 URL."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.conftest import ROOT
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "serve.py"), "--config", f"tiny={answer_config}", "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RAG_API_KEY": "k"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+        yield f"{base}/v1"
+    finally:
+        proc.terminate()
+        try:
+            output = proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate()[0]
+    assert "Traceback" not in output, output
+
+
+def test_the_openai_sdk_and_the_openai_type_get_grounded_answers_from_the_server(answer_server, answer_config,
+                                                                                  monkeypatch):
+    import httpx
+    import openai
+
+    client = openai.OpenAI(base_url=answer_server, api_key="k", max_retries=0)
+    reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "vitamin D?"}])
+    rag = reply.model_extra["rag"]
+    assert reply.choices[0].message.content == rag["text"] and reply.usage.completion_tokens > 0
+    assert [p["number"] for p in rag["passages"]] == list(range(1, len(rag["passages"]) + 1))
+    assert all(1 <= c["number"] <= len(rag["passages"]) for c in rag["citations"])
+
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "vitamin D?"}],
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == reply.choices[0].message.content.strip()  # greedy: the same answer, streamed
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=answer_server, api_key="wrong", max_retries=0).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "q"}])
+
+    ask = httpx.post(f"{answer_server}/ask", json={"query": "vitamin D?", "answer": True},
+                     headers={"Authorization": "Bearer k"}, timeout=60).json()
+    assert ask["answer"]["text"] == reply.choices[0].message.content and ask["reranked"]
+
+    # the openai generator type against the same server: the pipeline's own answer, through HTTP
+    monkeypatch.setenv("RAG_TEST_KEY", "k")
+    config = openai_config(answer_config, answer_server, model="tiny", api_key_env="RAG_TEST_KEY", max_tokens=64)
+    result = Pipeline.from_yaml(config).ask("vitamin D?")
+    assert result.answer_error is None and result.answer.generator == "openai"
+    # (the server treats the whole numbered prompt as its question, so the texts differ)
+    assert result.answer.completion_tokens > 0 and result.answer.passages == tuple(result.hits)
+    monkeypatch.setenv("RAG_TEST_KEY", "wrong")
+    failed = Pipeline.from_yaml(config).ask("vitamin D?")
+    assert failed.answer is None and re.search(r"rejected the API key \(401\); the key comes from \$RAG_TEST_KEY",
+                                               failed.answer_error)

@@ -259,6 +259,7 @@
     } else {
       body.reranker = false;
     }
+    if ($("answer") && $("answer").checked) body.answer = true;
     return body;
   }
 
@@ -447,9 +448,51 @@
         renderList(reranked, pattern, { label: "reranked hits", reranked: true, scoreTitle: "final score" }))
       : column("reranked off", "Reranked", "",
         el("p", { class: "muted placeholder" }, "Reranker off: the retrieved list is the answer."));
-    const section = el("section", { class: "run" }, runHeader(run, "Results"), el("div", { class: "columns" }, left, right));
+    const section = el("section", { class: "run" }, runHeader(run, "Results"), renderAnswer(run),
+      el("div", { class: "columns" }, left, right));
     linkSameChunks(section);
     return section;
+  }
+
+  /** The generator's answer: [n] cited by the model, [n*] attributed by similarity; each one jumps to its passage. */
+  function renderAnswer(run) {
+    if (run.answer_error) {
+      return el("section", { class: "answer failed", "aria-label": "answer" },
+        el("h3", null, "Answer"), el("p", { class: "error-text" }, run.answer_error));
+    }
+    const answer = run.answer;
+    if (!answer) return null;
+    const text = el("p", { class: "answer-text" });
+    const parts = String(answer.annotated || answer.text || "").split(/(\[\d+\*?\])/);
+    for (const part of parts) {
+      const m = /^\[(\d+)(\*?)\]$/.exec(part);
+      const passage = m ? answer.passages[Number(m[1]) - 1] : null;
+      if (!passage) { text.append(part); continue; }
+      const link = el("a", { href: "#", class: m[2] ? "cite attributed" : "cite",
+        title: `${passage.source}${m[2] ? " (attributed by similarity)" : " (cited by the model)"}` }, part);
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        const target = results.querySelector(`.reranked li[data-chunk="${CSS.escape(passage.chunk_id)}"]`)
+          || results.querySelector(`li[data-chunk="${CSS.escape(passage.chunk_id)}"]`);
+        if (!target) return;
+        target.scrollIntoView({ behavior: "smooth", block: "center" });
+        target.classList.add("flash");
+        setTimeout(() => target.classList.remove("flash"), 1500);
+      });
+      text.append(link);
+    }
+    const sources = el("ol", { class: "answer-sources" }, ...answer.cited.map((n) => {
+      const p = answer.passages[n - 1];
+      const how = answer.citations.filter((c) => c.number === n).some((c) => c.origin === "model")
+        ? "cited by the model" : "attributed by similarity";
+      return el("li", { value: n }, el("span", { class: "path" }, p.source), el("span", { class: "muted" }, ` · ${how}`));
+    }));
+    const ms = answer.timings_ms || {};
+    return el("section", { class: "answer", "aria-label": "answer" },
+      el("h3", null, "Answer", el("span", { class: "note muted" },
+        `${answer.generator}: ${answer.model} · ${answer.completion_tokens} tokens in ${((ms.generate || 0) / 1000).toFixed(1)} s`)),
+      text, answer.cited.length ? sources : el("p", { class: "muted" }, "No sentence cites or resembles a passage."),
+      answer.dropped.length ? el("p", { class: "muted" }, `Dropped citations: ${answer.dropped.map((n) => `[${n}]`).join(" ")}`) : null);
   }
 
   /** Compare mode: one config's answer list, each hit marked with its place in the other config's answer. */
