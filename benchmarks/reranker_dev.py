@@ -72,6 +72,7 @@ def main() -> int:
     parser.add_argument("--quantize", default="int8")
     parser.add_argument("--max-length", type=int, default=160)
     parser.add_argument("--collections", default="scifact,cacm,npl,time,lisa")
+    parser.add_argument("--parts", default="dev,held-out", help="which query sets to score (held-out: report only)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cache", default=str(ROOT / "runs" / "cache"))
     parser.add_argument("--out", default=str(ROOT / "runs" / "reranker-dev"))
@@ -102,6 +103,8 @@ def main() -> int:
         store_path = out / f"logits-{name}-{args.backend}-{args.quantize}-{args.max_length}.json"
         store = json.loads(store_path.read_text()) if store_path.is_file() else {}
         for part, collection in collection_parts(name, args.seed).items():
+            if part not in args.parts.split(","):
+                continue
             for first in FIRST_STAGES:
                 lists = candidates(collection, first, Path(args.cache))
                 for qid, hits in lists.items():

@@ -41,12 +41,12 @@ CALIBRATION_LIMIT = 300  # pairs used by NNCF
 # backend -> (python module, pip package, extra that installs it)
 RUNTIMES: dict[str, tuple[str, str, str]] = {
     "openvino": ("openvino", "openvino", "fast"),
-    "onnx": ("onnxruntime", "onnxruntime", "fast"),
+    "onnx": ("onnxruntime", "onnxruntime", "onnx"),
 }
 # what quantizing needs beyond the runtime: backend -> (module, package, extra)
 QUANTIZERS: dict[str, tuple[str, str, str]] = {
     "openvino": ("nncf", "nncf", "fast"),
-    "onnx": ("onnx", "onnx", "fast"),
+    "onnx": ("onnx", "onnx", "onnx"),
 }
 
 Runtime = Callable[[dict[str, np.ndarray]], np.ndarray]  # padded features -> float32 logits, (batch,)

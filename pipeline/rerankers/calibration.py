@@ -70,15 +70,25 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, *, l2: float = 1e-3, itera
     if positives == 0 or negatives == 0:
         raise ValueError("Platt scaling needs relevant and irrelevant pairs")
     t = np.where(y > 0, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+
+    def loss(a: float, b: float) -> float:
+        z = a * x + b  # log loss written stably: log(1 + e^z) - t z
+        return float(np.sum(np.logaddexp(0.0, z) - t * z) + 0.5 * l2 * a * a)
+
     a, b = 1.0, 0.0
+    current = loss(a, b)
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-(a * x + b)))
         w = p * (1 - p)
         grad = np.array([np.sum((p - t) * x) + l2 * a, np.sum(p - t)])
         hess = np.array([[np.sum(w * x * x) + l2, np.sum(w * x)], [np.sum(w * x), np.sum(w) + 1e-9]])
         step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
-        if np.max(np.abs(step)) < 1e-9:
+        scale = 1.0
+        while scale > 1e-6 and loss(a - scale * step[0], b - scale * step[1]) > current:
+            scale /= 2  # backtracking: a full Newton step can overshoot on a nearly separable set
+        a, b = a - scale * step[0], b - scale * step[1]
+        previous, current = current, loss(a, b)
+        if previous - current < 1e-10 * max(1.0, abs(previous)):
             break
     return Calibration(float(a), float(b))
 
