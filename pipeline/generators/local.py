@@ -9,7 +9,9 @@ answer is repeatable.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import logging
 import threading
 import time
@@ -117,21 +119,16 @@ class LocalGenerator(ChatGenerator):
         options: dict[str, Any] = {"local_files_only": local}
         if gguf_file is not None:
             options["gguf_file"] = gguf_file
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        if bars and not logger.isEnabledFor(logging.INFO):
-            hf_logging.disable_progress_bar()  # the GGUF dequantization bar, shown with -v only
+        # transformers draws the GGUF dequantization bar with a plain tqdm on stderr: shown with -v only
+        quiet = io.StringIO() if not logger.isEnabledFor(logging.INFO) else None
         try:
-            tokenizer = AutoTokenizer.from_pretrained(location, **options)
-            model = AutoModelForCausalLM.from_pretrained(location, **options)
+            with contextlib.redirect_stderr(quiet) if quiet is not None else contextlib.nullcontext():
+                tokenizer = AutoTokenizer.from_pretrained(location, **options)
+                model = AutoModelForCausalLM.from_pretrained(location, **options)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelNotFoundError(
                 f"generator.model: cannot load {self.params.model!r} from {location}: {exc}"
             ) from exc
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
         model.to(device).eval()
         logger.info("generator %s loaded on %s in %.1f s (window %d tokens)", self.params.model, device,
                     time.perf_counter() - start, self._model_window(model, tokenizer))
