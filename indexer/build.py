@@ -92,6 +92,7 @@ def embedding_manifest(config: PipelineConfig, embedder) -> dict:
         "normalize": params.normalize,
         "max_length": embedder.max_length,
         "document_prompt": params.document_prompt,
+        **(embedder.manifest_facts() if hasattr(embedder, "manifest_facts") else {}),  # engine, variant, version
     }
 
 
@@ -424,5 +425,3 @@ def _remove_old_versions(index_path: Path, keep: Path) -> list[str]:
         discard_version(item)
         removed.append(item.name)
     return removed
-
-

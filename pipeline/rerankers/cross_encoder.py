@@ -33,6 +33,7 @@ import logging
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import cached_property
 from typing import Annotated, Literal
 
@@ -42,6 +43,7 @@ from pydantic import AfterValidator, Field, PositiveInt
 from pipeline.batching import run_length_sorted
 from pipeline.device import check_device_name, resolve_device
 from pipeline.errors import ConfigError
+from pipeline.languages import LanguageGuard, card_languages, scripts_of
 from pipeline.models import load_cross_encoder, resolve_model
 from pipeline.params import StageParams
 from pipeline.rerankers import backends
@@ -50,6 +52,12 @@ from pipeline.scoring import mix_scores, rank_by_scores
 from pipeline.types import Hit
 
 logger = logging.getLogger(__name__)
+
+
+def _check_languages(languages: list[str] | None) -> list[str] | None:
+    if languages is not None:
+        scripts_of(languages)  # raises ValueError naming the known codes
+    return languages
 
 
 def _check_regex(pattern: str) -> str:
@@ -81,6 +89,9 @@ class CrossEncoderReranker:
         device: Annotated[str, AfterValidator(check_device_name)] = "auto"
         calibrate: bool = True  # apply the model folder's calibration.json (Platt scaling) when it has one
         threads: PositiveInt | None = None  # CPU threads of the openvino/onnx runtime (None: torch's count)
+        # languages (or ISO 15924 scripts) the model was trained on; a query or passage in another script is
+        # not scored and keeps its first-stage place (None: the model card's `language:`, else no guard)
+        languages: Annotated[list[str] | None, AfterValidator(_check_languages)] = None
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -209,13 +220,22 @@ class CrossEncoderReranker:
         Used by the server's micro-batching queue: pairs of concurrent requests share batches.
         """
         logits = self.logits_many(requests)
-        return [self._calibration.apply(row) for row in logits]
+        calibration = self._calibration or IDENTITY  # None: nothing was scored (all NaN), no model loaded
+        return [calibration.apply(row) for row in logits]
 
     def logits_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
-        """:meth:`logits` for several requests, all pairs in one length-sorted run."""
+        """:meth:`logits` for several requests, all pairs in one length-sorted run.
+
+        A pair the model cannot read (query or passage outside ``languages``) is not scored: NaN.
+        """
         sizes = [len(passages) for _, passages in requests]
-        if sum(sizes) == 0:
-            return [np.zeros(0, dtype=np.float32) for _ in sizes]
+        guard = self.language_guard
+        readable = np.ones(sum(sizes), dtype=bool)
+        if guard is not None:  # the language guard: only pairs in the model's languages are scored
+            readable = np.array([ok for q, ps in requests for ok in guard.readable_mask(q, ps)[0]], dtype=bool)
+            requests = [(q, [p for p, ok in zip(ps, guard.readable_mask(q, ps)[0]) if ok]) for q, ps in requests]
+        if not readable.any():
+            return [np.full(size, np.nan, dtype=np.float32) for size in sizes]
         self._setup()
         features: dict[str, list[list[int]]] = {}
         for query, passages in requests:
@@ -233,8 +253,9 @@ class CrossEncoderReranker:
             logits, self._batch_size = run_length_sorted(lengths, self._batch_size, forward_runtime)
         else:
             logits = self._torch_logits(features, lengths)
-        # (issue 18's language guard, when it comes, adjusts scores per pair here, before the split)
-        return np.split(np.asarray(logits, dtype=np.float32), np.cumsum(sizes)[:-1])
+        full = np.full(readable.size, np.nan, dtype=np.float32)
+        full[readable] = np.asarray(logits, dtype=np.float32)
+        return np.split(full, np.cumsum(sizes)[:-1])
 
     def _torch_logits(self, features: dict[str, list[list[int]]], lengths: list[int]) -> np.ndarray:
         import torch
@@ -270,6 +291,32 @@ class CrossEncoderReranker:
         )
         return {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
 
+    @cached_property
+    def language_guard(self) -> LanguageGuard | None:
+        """The languages the model reads (``languages``, else its model card's), or None: it reads anything."""
+        languages = self.params.languages
+        if languages is None:
+            resolved = resolve_model(self.params.model, "reranker.model")
+            languages = card_languages(resolved.location) if resolved.local else None
+        return LanguageGuard(languages) if languages else None
+
+    def skip_note(self, query: str, passages: Sequence[str]) -> str | None:
+        """One line saying which candidates the language guard kept from the model, or None when none.
+
+        Example: ``reranker skipped 3 of 50 candidates: language zh not supported by models/minilm-reranker (reads en)``
+        """
+        guard = self.language_guard
+        if guard is None:
+            return None
+        _, skipped = guard.readable_mask(query, passages)
+        if not skipped:
+            return None
+        what = ", ".join(f"{n} in {name}" if len(skipped) > 1 else name for name, n in skipped.items())
+        kind = "" if what.startswith("query") else "language "
+        return (f"reranker skipped {sum(skipped.values())} of {len(passages)} candidates: {kind}{what} not "
+                f"supported by {self.params.model} (reads {', '.join(guard.languages)}); they keep the first "
+                "stage's order")
+
     def load(self) -> CrossEncoderReranker:
         """Load the model (or its cached openvino/onnx export, exporting it first if needed) now."""
         self._setup()
@@ -288,10 +335,36 @@ class CrossEncoderReranker:
     def rank(
         self, hits: Sequence[Hit], scores: np.ndarray, top_n: int | None = None, weight: float | None = None
     ) -> list[Hit]:
-        """Order ``hits`` by already computed cross-encoder ``scores`` (see :meth:`rerank`)."""
+        """Order ``hits`` by already computed cross-encoder ``scores`` (see :meth:`rerank`).
+
+        A NaN score (a pair the language guard kept from the model) gets weight 0: that hit keeps its
+        place in the first stage's order, and the scored hits are reordered around it.
+        """
         weight = self.params.weight if weight is None else weight
+        scores = np.asarray(scores, dtype=np.float32)
+        skipped = np.isnan(scores)
+        if skipped.any():
+            return rank_around_skipped(hits, scores, skipped, weight, top_n or self.params.top_n)
         mixed = mix_scores(scores, [hit.retrieval_score for hit in hits], weight)
         return rank_by_scores(hits, mixed, top_n or self.params.top_n)
+
+
+def rank_around_skipped(
+    hits: Sequence[Hit], scores: np.ndarray, skipped: np.ndarray, weight: float, top_n: int
+) -> list[Hit]:
+    """Skipped hits stay at their first-stage places; the scored ones fill the other places by mixed score.
+
+    A skipped hit's ``score`` is its min-max scaled first-stage score (weight 0).
+    """
+    first = mix_scores(np.zeros(len(hits), dtype=np.float32), [hit.retrieval_score for hit in hits], 0.0)
+    scored = [i for i in range(len(hits)) if not skipped[i]]
+    mixed = dict(zip(scored, mix_scores(scores[scored], [hits[i].retrieval_score for i in scored], weight)
+                     if scored else []))
+    queue = iter(sorted(scored, key=lambda i: (-mixed[i], hits[i].rank)))
+    slots = sorted(range(len(hits)), key=lambda i: hits[i].rank)  # places in the first stage's order
+    order = [i if skipped[i] else next(queue) for i in slots][:top_n]
+    return [replace(hits[i], score=float(first[i] if skipped[i] else mixed[i]), rank=rank)
+            for rank, i in enumerate(order, start=1)]
 
 
 def _empty_cuda_cache() -> None:

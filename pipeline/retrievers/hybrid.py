@@ -10,12 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Literal
 
 from pydantic import NonNegativeFloat, PositiveInt, model_validator
 
 from pipeline.params import StageParams
 from pipeline.retrievers.bm25 import BM25Retriever, LexicalParams
 from pipeline.retrievers.dense import DenseRetriever
+from pipeline.retrievers.fusion import fuse
 from pipeline.types import Hit
 
 
@@ -80,6 +82,7 @@ class HybridRetriever:
         top_k: PositiveInt = 50
         depth: PositiveInt = 100  # candidates taken from each retriever before fusion
         rrf_k: PositiveInt = 60
+        fusion: Literal["rrf", "dbsf"] = "rrf"  # dbsf: distribution-based score fusion (retrievers/fusion.py)
         weights: FusionWeights = FusionWeights()
         bm25: LexicalParams = LexicalParams()
 
@@ -112,7 +115,8 @@ class HybridRetriever:
         start = time.perf_counter()
         weights = (self.params.weights.dense, self.params.weights.bm25)
         fused = [
-            reciprocal_rank_fusion((d, b), weights, self.params.rrf_k, top_k) for d, b in zip(dense, lexical)
+            fuse(self.params.fusion, (d, b), weights, rrf_k=self.params.rrf_k, top_k=top_k)
+            for d, b in zip(dense, lexical)
         ]
         if timings is not None:
             timings["fuse"] = timings.get("fuse", 0.0) + time.perf_counter() - start
