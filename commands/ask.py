@@ -1,4 +1,5 @@
-"""Ask a question: python scripts/ask.py "QUERY" [--config FILE] [--index DIR] [--json] [--answer].
+"""Ask a question: python scripts/ask.py "QUERY" [--config FILE] [--index DIR] [--json] [--answer]
+[--filter KEY=VALUE ...].
 
 --answer adds a cited answer under the two lists, from the config's generator: section; a config
 without one uses the bundled local model (as --set generator.type=local would). A config with a
@@ -21,6 +22,9 @@ def main(argv=None) -> int:
                         help="retrieved hits to show beside the reranked ones (default 10)")
     parser.add_argument("--top-k", type=int, default=None, help="candidates to retrieve (default: retriever.top_k)")
     parser.add_argument("--top-n", type=int, default=None, help="hits the reranker keeps (default: reranker.top_n)")
+    parser.add_argument("--filter", dest="filters", action="append", default=[], metavar="KEY=VALUE",
+                        help="search only matching chunks (repeatable): source=GLOB (e.g. 'manuals/*.pdf'), "
+                             "page=N, or a metadata key matched exactly (lang=zh)")
     answer = parser.add_mutually_exclusive_group()
     answer.add_argument("--answer", dest="generate", action="store_true", default=None,
                         help="answer from the top_n passages (the config's generator, else the bundled local model)")
@@ -36,19 +40,22 @@ def main(argv=None) -> int:
     for flag, value in (("--top-k", args.top_k), ("--top-n", args.top_n), ("--show", args.show)):
         if value is not None and value <= 0:
             raise InputError(f"{flag} must be a positive number, got {value}")
+    from pipeline.filters import Filter
+
+    flt = Filter.parse(args.filters) or None
     pipe = Pipeline.from_yaml(args.config, args.overrides, args.index)
     if args.generate and pipe.config.generator is None:
         logging.getLogger(__name__).info("no generator: section in %s; using the bundled local model", args.config)
         pipe = Pipeline.from_yaml(args.config, [*args.overrides, "generator.type=local"], args.index)
     generate = pipe.config.generator is not None if args.generate is None else args.generate
     if args.json:
-        result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n, generate=generate)
+        result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n, filter=flt, generate=generate)
         print(result_to_json(result))
         if result.answer_error:
             print(f"error: {result.answer_error}", file=sys.stderr)
             return 1
         return 0
-    result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n, generate=False)
+    result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n, filter=flt, generate=False)
     print_side_by_side(result, show=args.show)
     if generate:
         sys.stdout.flush()  # the two lists show while the answer is generated

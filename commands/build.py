@@ -10,13 +10,15 @@ from commands.common import common_parser, run, setup_logging, show_progress
 
 def main(argv=None) -> int:
     parser = common_parser(__doc__)
-    parser.add_argument("corpus", help="folder of .txt/.md/.jsonl[.gz] files, a BEIR collection, or one file")
+    parser.add_argument("corpus", help="folder of .pdf/.html/.docx/.md/.txt/.jsonl[.gz] files, a BEIR collection, "
+                                       "or one file")
     parser.add_argument(
         "--update", action="store_true",
         help="update an existing index: encode only added or changed documents, drop deleted ones",
     )
     parser.add_argument("--no-reuse", action="store_true", help="re-encode every chunk, even unchanged ones")
-    parser.add_argument("--max-file-mb", type=float, default=None, help="skip .txt/.md files larger than this (default 32)")
+    parser.add_argument("--max-file-mb", type=float, default=None,
+                        help="skip files (one document each) larger than this (default 32)")
     parser.add_argument(
         "--follow-links", action="store_true",
         help="also index symlinks that lead outside the corpus folder (default: skip and count them)",
@@ -54,8 +56,11 @@ def main(argv=None) -> int:
     )
     print(
         f"encode {encode:.1f}s ({rate}), total "
-        f"{sum(seconds.values()):.1f}s; skipped {len(report.skipped)}, unsupported files {m.counts['unsupported_files']}"
+        f"{sum(seconds.values()):.1f}s; skipped {len(report.skipped)}, "
+        f"unsupported files {m.counts['unsupported_files']}" + _by_extension(report.unsupported)
     )
+    if m.readers:
+        print("read: " + ", ".join(f"{name} {r['documents']}" for name, r in m.readers.items()))
     c = report.changes
     print(
         f"documents: {c['added']} added, {c['changed']} changed, {c['removed']} removed, {c['unchanged']} unchanged; "
@@ -65,9 +70,24 @@ def main(argv=None) -> int:
         print(f"  skipped {where}: {why}")
     if len(report.skipped) > 20:
         print(f"  ... and {len(report.skipped) - 20} more (see the warnings above)")
+    if args.verbose:
+        for name in report.unsupported:
+            print(f"  not read (no reader for this format): {name}")
     for name in report.removed:
         print(f"  removed old version {report.path / name}")
     return 0
+
+
+def _by_extension(names: list[str]) -> str:
+    """`` (.png 2, .xlsx 1)``: unsupported files counted by extension; empty when there are none."""
+    if not names:
+        return ""
+    from collections import Counter
+
+    from indexer.readers import suffix_of
+
+    counts = Counter(suffix_of(name) for name in names).most_common()
+    return " (" + ", ".join(f"{ext} {n}" for ext, n in counts) + "; -v names them)"
 
 
 def cli() -> None:

@@ -9,20 +9,18 @@ build gives: same chunk order, same ids, same vectors.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import platform
 import os
 import secrets
 import shutil
 import sqlite3
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +51,7 @@ from pipeline.store import (
     publish_version,
 )
 from pipeline.types import Chunk, Document
+from pipeline.versions import package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +70,7 @@ class BuildReport:
     skipped: list[tuple[str, str]]
     changes: dict[str, int] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)  # old or unfinished version folders this build deleted
+    unsupported: list[str] = field(default_factory=list)  # files no reader reads, by name
 
 
 @dataclass
@@ -200,6 +200,7 @@ def build_index(
                 "unsupported_files": corpus.unsupported,
                 "links_not_followed": corpus.links_not_followed,
             },
+            readers=reader_manifest(corpus.readers),
             corpus={
                 # printable even when the path is not valid UTF-8 (undecodable bytes as \xNN)
                 "path": os.fsencode(Path(corpus_path).resolve()).decode("utf-8", "backslashreplace"),
@@ -217,7 +218,7 @@ def build_index(
         removed += _remove_old_versions(index_path, keep=version)
         times["write"] = time.perf_counter() - start
         logger.info("index published at %s (%s)", version, ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
-        return BuildReport(index_path, version, manifest, corpus.skipped, changes, removed)
+        return BuildReport(index_path, version, manifest, corpus.skipped, changes, removed, corpus.unsupported_files)
     finally:
         lock.release()
 
@@ -371,10 +372,27 @@ def _write_version(index_path: Path, index, chunks: list[Chunk], vectors: np.nda
     return version
 
 
+def reader_manifest(documents_per_reader) -> dict[str, dict]:
+    """Which readers (and library versions) read this corpus, and how many documents each."""
+    from indexer.readers import MODULES
+
+    out = {}
+    for module in MODULES:
+        count = documents_per_reader.get(module.NAME, 0)
+        if count:
+            library = package_versions((module.LIBRARY,), runtime=False).get(module.LIBRARY) if module.LIBRARY else None
+            out[module.NAME] = {"version": module.VERSION, "library": module.LIBRARY, "library_version": library,
+                                "documents": count}
+    return out
+
+
 def corpus_hash(documents: list[Document]) -> str:
     digest = hashlib.sha256()
     for doc in documents:
-        for part in (doc.doc_id, doc.full_text):
+        # metadata and section boundaries only when there are any, so a plain corpus hashes as before
+        structure = json.dumps([doc.metadata, [(s.page, s.headings) for s in doc.sections]], ensure_ascii=False,
+                               sort_keys=True) if (doc.metadata or doc.sections) else ""
+        for part in (doc.doc_id, doc.full_text, structure) if structure else (doc.doc_id, doc.full_text):
             data = part.encode("utf-8")
             digest.update(len(data).to_bytes(8, "little"))
             digest.update(data)
@@ -382,16 +400,10 @@ def corpus_hash(documents: list[Document]) -> str:
 
 
 def _library_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for package in (
+    return package_versions((
         "faiss-cpu", "faiss-gpu-cu12", "torch", "sentence-transformers", "transformers", "numpy",
         "pymilvus", "milvus-lite", "ray",
-    ):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    ))
 
 
 def _remove_unfinished(index_path: Path) -> list[str]:
@@ -425,3 +437,5 @@ def _remove_old_versions(index_path: Path, keep: Path) -> list[str]:
         discard_version(item)
         removed.append(item.name)
     return removed
+
+

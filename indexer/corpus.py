@@ -1,32 +1,33 @@
-"""Read a corpus folder: ``.txt``, ``.md`` and BEIR-style ``.jsonl`` / ``.jsonl.gz``.
+"""Read a corpus folder: every file whose extension has a reader in :mod:`indexer.readers`.
 
-A folder in BEIR layout (``corpus.jsonl[.gz]`` beside ``qrels/``) is read as
-that one corpus file, so its queries are not indexed as documents. Problems
-that affect one file or line are skipped, logged and counted; a corpus with
-nothing readable is a :class:`CorpusError`.
+Text (``.txt``), Markdown (``.md``, split by headings), BEIR-style JSONL
+(``.jsonl``/``.jsonl.gz``, optional ``metadata`` per line), PDF (a section per
+page), HTML (main content only) and Word (``.docx``, split by headings). A folder
+in BEIR layout (``corpus.jsonl[.gz]`` beside ``qrels/``) is read as that one
+corpus file, so its queries are not indexed as documents. Problems that affect
+one file or line (encrypted, scanned or corrupt files included) are skipped,
+logged and counted; files of other formats are named in ``unsupported_files``;
+a corpus with nothing readable is a :class:`CorpusError`.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import math
 import os
 import stat
-import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import CorpusError, InputError
-from pipeline.store import NotRegularFileError, file_kind, open_regular
+from indexer.readers import READERS, FileInput, SkipFile, reader_for, suffix_of
+from pipeline.errors import CorpusError, InputError, MissingDependencyError
+from pipeline.store import NotRegularFileError, file_kind
 from pipeline.types import Document
 
 logger = logging.getLogger(__name__)
 
-TEXT_SUFFIXES = (".txt", ".md", ".markdown")
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 BEIR_CORPUS_NAMES = ("corpus.jsonl", "corpus.jsonl.gz")
 MAX_FILE_MB = 32.0
 OUTSIDE_LINK = "symlink to a path outside the corpus folder: not followed (use --follow-links to index it)"
@@ -41,14 +42,25 @@ class Corpus:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
     unsupported: int = 0
     links_not_followed: int = 0  # symlinks leaving the corpus folder (also in ``skipped``)
+    unsupported_files: list[str] = field(default_factory=list)  # names of files no reader reads
+    readers: Counter = field(default_factory=Counter)  # reader name -> documents it read
+
+    @property
+    def unsupported_by_extension(self) -> dict[str, int]:
+        """How many unsupported files there are per extension (most first)."""
+        return dict(Counter(suffix_of(name) for name in self.unsupported_files).most_common())
+
+    def _unsupported(self, rel: str) -> None:
+        self.unsupported += 1
+        self.unsupported_files.append(rel)
 
 
 def read_corpus(root: str | Path, max_file_mb: float = MAX_FILE_MB, *, follow_links: bool = False) -> Corpus:
     """Read every supported document under ``root`` (a folder or a single file), in path order.
 
-    A ``.txt``/``.md`` file is one document; one larger than ``max_file_mb``
-    is skipped (split it, or raise the limit). JSONL files are streamed line
-    by line; one line (one document) has the same limit. Only regular files are
+    A file (PDF, HTML, DOCX, text, Markdown) is one document; one larger than
+    ``max_file_mb`` is skipped (split it, or raise the limit). JSONL files are
+    streamed line by line; one line (one document) has the same limit. Only regular files are
     opened: FIFOs, sockets and devices are skipped. Symlinks that lead outside
     ``root`` are skipped and counted unless ``follow_links``.
 
@@ -71,24 +83,31 @@ def read_corpus(root: str | Path, max_file_mb: float = MAX_FILE_MB, *, follow_li
     seen: dict[str, str] = {}
     supported = 0
     for path, rel in _corpus_files(root, corpus, follow_links):
-        if not _is_supported(path):
-            corpus.unsupported += 1
+        reader = reader_for(path.name)
+        if reader is None:
+            corpus._unsupported(rel)
+            logger.info("not read (no reader for this format): %s", rel)
             continue
         supported += 1
-        for doc in _read_file(path, rel, corpus.skipped, max_bytes):
+        for doc in _read_file(reader, path, rel, corpus.skipped, max_bytes):
             if doc.doc_id in seen:
-                corpus.skipped.append((doc.source, f"duplicate document id {doc.doc_id!r} (first in {seen[doc.doc_id]})"))
+                why = f"duplicate document id {doc.doc_id!r} (first in {seen[doc.doc_id]})"
+                corpus.skipped.append((doc.source, why))
                 continue
             seen[doc.doc_id] = doc.source
             corpus.documents.append(doc)
+            corpus.readers[reader.NAME] += 1
     for where, why in corpus.skipped:
         logger.warning("skipped %s: %s", where, why)
+    if corpus.unsupported_files:
+        logger.warning("%d files not read, no reader for their format (%s); -v names them",
+                       corpus.unsupported, ", ".join(f"{k} {v}" for k, v in corpus.unsupported_by_extension.items()))
     if corpus.links_not_followed:
         logger.warning("%d symlinks lead outside %s and were not followed (--follow-links follows them)",
                        corpus.links_not_followed, root)
     if not corpus.documents:
         if supported == 0 and not corpus.skipped:
-            kinds = ", ".join(TEXT_SUFFIXES + JSONL_SUFFIXES)
+            kinds = ", ".join(READERS)
             raise CorpusError(f"no supported files under {root} (looked for {kinds})")
         raise CorpusError(f"no readable document under {root} ({len(corpus.skipped)} skipped: see warnings)")
     return corpus
@@ -140,7 +159,7 @@ def _corpus_files(root: Path, corpus: Corpus, follow_links: bool) -> Iterator[tu
                 if _is_supported(target):
                     corpus.skipped.append((rel, f"{file_kind(mode)}, not a regular file"))
                 else:
-                    corpus.unsupported += 1
+                    corpus._unsupported(rel)
                 continue
             if stat.S_ISDIR(mode):
                 real = os.path.realpath(target)
@@ -169,7 +188,7 @@ def _admit(path: Path, rel: str, real_root: str, follow_links: bool, corpus: Cor
             corpus.links_not_followed += 1
             corpus.skipped.append((rel, OUTSIDE_LINK))
         else:
-            corpus.unsupported += 1
+            corpus._unsupported(rel)
         return None
     return Path(real)
 
@@ -180,132 +199,19 @@ def _display(name: str) -> str:
 
 
 def _is_supported(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
+    return reader_for(path.name) is not None
 
 
-def _read_file(path: Path, rel: str, skipped: list[tuple[str, str]], max_bytes: int) -> Iterator[Document]:
-    name = path.name.lower()
+def _read_file(reader, path: Path, rel: str, skipped: list[tuple[str, str]], max_bytes: int) -> Iterator[Document]:
+    """The documents ``reader`` finds in one file; whatever stops it is recorded in ``skipped`` with the reason."""
+    file = FileInput(path, rel, max_bytes, skipped)
     try:
-        if name.endswith(JSONL_SUFFIXES):
-            yield from _read_jsonl(path, rel, skipped, max_bytes)
-            return
-        with open_regular(path, follow_links=False) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            text = handle.read(min(max_bytes, size + 2**16) + 1)  # read() allocates what it is asked for
-        if len(text) > max_bytes:
-            skipped.append((rel, f"{max(size, len(text)) / 2**20:.1f} MB is over the {max_bytes / 2**20:g} MB limit "
-                                 "for one document; split it or raise --max-file-mb"))
-            return
+        yield from reader.read(file)
+    except SkipFile as exc:
+        skipped.append((rel, str(exc)))
     except NotRegularFileError as exc:  # a FIFO, socket or device: never read
         skipped.append((rel, str(exc)))
-        return
+    except MissingDependencyError as exc:
+        skipped.append((rel, str(exc)))
     except OSError as exc:
         skipped.append((rel, f"unreadable: {exc.strerror or exc}"))
-        return
-    if not text.strip():
-        skipped.append((rel, "empty file"))
-        return
-    nul = text.find(b"\x00")
-    if nul >= 0:
-        skipped.append((rel, f"binary content in a text file (NUL byte at offset {nul})"))
-        return
-    try:
-        content = text.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        skipped.append((rel, f"not UTF-8 ({exc.reason} at byte {exc.start})"))
-        return
-    title, body = _split_title(content) if name.endswith((".md", ".markdown")) else ("", content.strip())
-    if not (title or body):  # only a byte-order mark or Unicode spaces
-        skipped.append((rel, "empty file"))
-        return
-    yield Document(doc_id=rel, title=title, text=body, source=rel)
-
-
-def _split_title(markdown: str) -> tuple[str, str]:
-    """A leading ``# Heading`` becomes the title; the rest is the text."""
-    stripped = markdown.strip()
-    first, _, rest = stripped.partition("\n")
-    if first.startswith("# "):
-        return first[2:].strip(), rest.strip()
-    return "", stripped
-
-
-def _read_jsonl(path: Path, rel: str, skipped: list[tuple[str, str]], max_bytes: int) -> Iterator[Document]:
-    """One document per line; a bad line is skipped, a corrupt gzip stream ends the file (lines before it kept)."""
-    with open_regular(path, follow_links=False) as raw:
-        handle = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.lower().endswith(".gz") else raw
-        lineno = 0
-        kept = 0
-        while True:
-            try:
-                line = handle.readline(max_bytes + 1)
-                if len(line) > max_bytes and not line.endswith(b"\n"):
-                    while (rest := handle.readline(2**20)) and not rest.endswith(b"\n"):
-                        pass
-                    lineno += 1
-                    skipped.append((f"{rel}:{lineno}", f"line over the {max_bytes / 2**20:g} MB limit for one "
-                                                       "document; split it or raise --max-file-mb"))
-                    continue
-            except (OSError, EOFError, zlib.error) as exc:
-                skipped.append((f"{rel}:{lineno + 1}", f"corrupt or truncated stream ({exc}); rest of file skipped, "
-                                                       f"{kept} documents before it kept"))
-                return
-            if not line:
-                return
-            lineno += 1
-            where = f"{rel}:{lineno}"
-            record, why = _parse_line(line, first=lineno == 1)
-            if why:
-                skipped.append((where, why))
-                continue
-            if record is None:
-                continue
-            title = record.get("title") or ""
-            text = record.get("text") or ""
-            if not isinstance(title, str) or not isinstance(text, str):
-                skipped.append((where, "'title' and 'text' must be strings"))
-                continue
-            if not (title.strip() or text.strip()):
-                skipped.append((where, "no 'title' or 'text'"))
-                continue
-            doc_id = record.get("_id", record.get("id"))
-            doc_id = str(doc_id) if doc_id is not None else where
-            if not all(map(_is_clean, (doc_id, title, text))):
-                skipped.append((where, "invalid characters (a lone surrogate such as \\ud800, or NUL) "
-                                       "in '_id', 'title' or 'text'"))
-                continue
-            kept += 1
-            yield Document(doc_id=doc_id, title=title.strip(), text=text.strip(), source=where)
-
-
-def _parse_line(line: bytes, first: bool) -> tuple[dict | None, str]:
-    """(record, "") for a JSON object line, (None, "") for a blank line, (None, why) to skip it."""
-    try:
-        decoded = line.decode("utf-8-sig" if first else "utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
-    if not decoded.strip():
-        return None, ""
-    try:
-        record = json.loads(decoded)
-    except json.JSONDecodeError as exc:
-        return None, f"malformed JSON ({exc.msg})"
-    except RecursionError:
-        return None, "JSON nested too deeply"
-    except ValueError as exc:  # e.g. an integer with more digits than Python converts
-        return None, f"malformed JSON ({exc})"
-    if not isinstance(record, dict):
-        return None, "not a JSON object"
-    return record, ""
-
-
-def _is_clean(text: str) -> bool:
-    """False for text with a lone surrogate (not encodable as UTF-8) or a NUL character."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

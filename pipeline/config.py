@@ -31,7 +31,7 @@ from pipeline.params import StageParams
 
 STAGE_KINDS = ("embedder", "index", "retriever", "reranker", "generator")
 OPTIONAL_STAGES = ("reranker", "generator")
-SECTIONS = (*STAGE_KINDS, "chunking", "ray", "server")
+SECTIONS = (*STAGE_KINDS, "chunking", "context", "ray", "server")
 
 
 class ChunkingParams(StageParams):
@@ -54,6 +54,20 @@ class ChunkingParams(StageParams):
         if self.size is not None and self.overlap >= self.size:
             raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
         return self
+
+
+class ContextParams(StageParams):
+    """How the reranked list becomes the context handed to a generator (docs/ingestion.md).
+
+    At most ``max_chunks_per_doc`` chunks of one document are among the final ``top_n``
+    (null: no limit); a document's further chunks move behind the other documents' rather
+    than being dropped, so they still fill ``top_n`` when too few documents match.
+    ``merge_neighbours`` joins consecutive chunks of one document (same page) that both made
+    the cut into one passage; the passage lists every chunk's position.
+    """
+
+    max_chunks_per_doc: PositiveInt | None = 2
+    merge_neighbours: bool = True
 
 
 class RayParams(StageParams):
@@ -131,6 +145,7 @@ class PipelineConfig:
     ray: RayParams = RayParams()
     server: ServerParams = ServerParams()
     generator: StageConfig | None = None
+    context: ContextParams = ContextParams()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {kind: getattr(self, kind).to_dict() for kind in ("embedder", "index", "retriever")}
@@ -138,6 +153,8 @@ class PipelineConfig:
         if self.generator is not None:
             out["generator"] = self.generator.to_dict()
         out["chunking"] = self.chunking.model_dump()
+        if self.context != ContextParams():  # left out when default
+            out["context"] = self.context.model_dump()
         if self.ray != RayParams():  # only build-time settings; left out when default
             out["ray"] = self.ray.model_dump()
         if self.server != ServerParams():  # only serving settings; left out when default
@@ -246,6 +263,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConf
     chunking = validate_params(ChunkingParams, raw.get("chunking") or {}, "chunking", source)
     ray = validate_params(RayParams, raw.get("ray") or {}, "ray", source)
     server = validate_params(ServerParams, raw.get("server") or {}, "server", source)
+    context = validate_params(ContextParams, raw.get("context") or {}, "context", source)
     retriever, reranker = stages["retriever"], stages["reranker"]
     top_k = retriever.params.top_k
     if reranker is not None and reranker.params.top_n > top_k:
@@ -263,6 +281,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConf
         ray=ray,
         server=server,
         generator=stages["generator"],
+        context=context,
     )
 
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig, StageConfig, load_config
+from pipeline.context import assemble_context
 from pipeline.errors import ConfigError, IndexMismatchError, InputError, RagError, StageError
+from pipeline.filters import Filter
 from pipeline.protocols import Embedder, Generator, Reranker, Retriever
 from pipeline.store import IndexBundle, load_index
-from pipeline.types import Answer, PipelineResult
+from pipeline.types import Answer, Hit, PipelineResult
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +162,7 @@ class Pipeline:
         rerank: bool = True,
         weight: float | None = None,
         generate: bool | None = None,
+        filter: Filter | Mapping[str, Any] | Sequence[str] | None = None,
     ) -> PipelineResult:
         """Retrieve ``top_k`` candidates for ``query``, rerank them down to ``top_n``, and optionally answer.
 
@@ -169,9 +173,16 @@ class Pipeline:
             generate: answer from :attr:`PipelineResult.hits` with the configured generator (None: when one
                 is configured). If generating fails, the result still holds both lists, ``answer`` is None
                 and ``answer_error`` says why in one line.
+            filter: search only chunks that match (:mod:`pipeline.filters`): ``{"source": "manuals/*.pdf",
+                "lang": "zh"}``, ``["source=manuals/*.pdf"]`` or a :class:`~pipeline.filters.Filter`. The first
+                stage applies it, so ``top_k`` candidates still come back when that many chunks match.
+
+        The reranked list goes through context assembly (the config's ``context:``): at most
+        ``max_chunks_per_doc`` chunks per document among the ``top_n``, neighbouring chunks merged.
 
         Raises:
             InputError: the query is empty or only whitespace, or ``top_k``/``top_n``/``weight`` is out of range.
+            NoMatchError: (an InputError) the filter matches no chunk of the index.
             ConfigError: ``generate=True`` but no generator is configured.
         """
         query = validate_query(query)
@@ -185,15 +196,20 @@ class Pipeline:
             generate = self.config.generator is not None
         elif generate and self.config.generator is None:
             self._load_generator()  # raises the ConfigError that says how to configure one
+        flt = Filter.from_value(filter)
         self.load(generator=False)
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        retrieved = self._run("retriever", lambda: self.retriever.search([query], top_k, timings)[0])
+        retrieved = self._run("retriever", lambda: self._search(query, top_k, timings, flt))
         timings["retrieve"] = time.perf_counter() - start
         reranked, notes = None, ()
         if self.reranker is not None and rerank:
             begin = time.perf_counter()
-            reranked = self._run("reranker", lambda: self.reranker.rerank(query, retrieved, top_n, weight))
+            context = self.config.context
+            # every candidate is scored anyway; keeping them all lets the per-document cap fill top_n
+            keep = len(retrieved) if context.max_chunks_per_doc is not None else top_n
+            reranked = self._run("reranker", lambda: self.reranker.rerank(query, retrieved, max(keep, 1), weight))
+            reranked = assemble_context(reranked, top_n, context.max_chunks_per_doc, context.merge_neighbours)
             timings["rerank"] = time.perf_counter() - begin
             skip_note = getattr(self.reranker, "skip_note", None)  # the language guard's count, if it has one
             note = skip_note(query, [hit.text for hit in retrieved]) if skip_note is not None else None
@@ -235,6 +251,26 @@ class Pipeline:
                 yield item
         finally:
             pieces.close()  # a reader that stops early stops the generation too
+
+    def search(
+        self, query: str, top_k: int | None = None, timings: dict[str, float] | None = None, *,
+        filter: Filter | Mapping[str, Any] | Sequence[str] | None = None,
+    ) -> list[Hit]:
+        """The first stage's list for one query (no reranking), restricted by ``filter`` when given."""
+        self.load(generator=False)
+        top_k = self.top_k if top_k is None else _positive("top_k", top_k)
+        timings = {} if timings is None else timings
+        return self._run("retriever", lambda: self._search(validate_query(query), top_k, timings,
+                                                           Filter.from_value(filter)))
+
+    def _search(self, query: str, top_k: int, timings: dict[str, float], flt: Filter | None) -> list[Hit]:
+        """The first stage's list for one query, restricted by ``flt`` when given."""
+        if flt is None:
+            return self.retriever.search([query], top_k, timings)[0]
+        if "filter" not in inspect.signature(self.retriever.search).parameters:
+            raise InputError(f"retriever {self.config.retriever.type!r} does not support filters; "
+                             "use dense, bm25 or hybrid, or ask without a filter")
+        return self.retriever.search([query], top_k, timings, filter=flt)[0]
 
     def _run(self, kind: str, call):
         stage = getattr(self.config, kind)

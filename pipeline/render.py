@@ -55,7 +55,8 @@ def answer_to_dict(answer: Answer) -> dict[str, Any]:
         "cited": answer.cited,
         "dropped": list(answer.dropped),
         "passages": [
-            {"number": i, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "source": h.source, "title": h.title}
+            {"number": i, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "source": h.source, "title": h.title,
+             "page": h.page, "headings": list(h.headings), "where": where(h)}
             for i, h in enumerate(answer.passages, start=1)
         ],
         "generator": answer.generator,
@@ -121,7 +122,7 @@ def print_answer(result: PipelineResult, console: Console | None = None) -> None
             best = max(c.similarity for c in marks if c.origin == "attributed")
             how.append(f"attributed* by similarity ({best:.2f})")
         line = Text(f"  [{number}] ")
-        line.append(hit.source + (f" [chunk {hit.position}]" if hit.position else ""), style="magenta")
+        line.append(where(hit), style="magenta")
         line.append(f"  {'; '.join(how)}", style="dim")
         console.print(line)
     if answer.dropped:
@@ -131,6 +132,24 @@ def print_answer(result: PipelineResult, console: Console | None = None) -> None
         console.print(Text(f"{answer.trimmed} passage(s) cut or left out to fit the model's window", style="yellow"))
 
 
+def where(hit: Hit) -> str:
+    """Where a hit comes from, for people: ``manual.pdf p. 12 › Installation › Linux``.
+
+    A chunk of an unstructured document shows its place instead (``notes.txt [chunk 3]``), and a
+    passage merged from neighbouring chunks lists them (``[chunks 3-4]``).
+    """
+    out = hit.source
+    if hit.page is not None:
+        out += f" p. {hit.page}"
+    if hit.headings:
+        out += "".join(f" › {heading}" for heading in hit.headings)
+    if len(hit.positions) > 1:
+        out += f" [chunks {hit.positions[0]}-{hit.positions[-1]}]"
+    elif hit.page is None and not hit.headings and hit.position:
+        out += f" [chunk {hit.position}]"
+    return out
+
+
 def hit_to_dict(hit: Hit) -> dict[str, Any]:
     """One hit as a JSON-ready dict, with its ``rank_change``."""
     return _hit_dict(hit)
@@ -138,6 +157,7 @@ def hit_to_dict(hit: Hit) -> dict[str, Any]:
 
 def _hit_dict(hit: Hit) -> dict[str, Any]:
     data = asdict(hit)
+    data["positions"] = list(hit.positions or (hit.position,))  # every chunk a (merged) passage holds
     data["rank_change"] = hit.rank_change
     return data
 
@@ -176,7 +196,7 @@ def _cell(hit: Hit, snippet: int, moved: bool) -> Text:
         style = "green" if change > 0 else "red" if change < 0 else "dim"
         arrow = f"▲{change}" if change > 0 else f"▼{-change}" if change < 0 else "="
         text.append(f"{arrow} (was #{hit.retrieval_rank}) ", style=style)
-    text.append(hit.source + (f" [chunk {hit.position}]" if hit.position else ""), style="magenta")
+    text.append(where(hit), style="magenta")
     body = " ".join(hit.text.split())
     text.append("\n" + (body[:snippet] + "…" if len(body) > snippet else body), style="dim")
     return text

@@ -7,7 +7,7 @@ An index path is a folder holding immutable versions and a pointer::
         .lock              held by a build
         v-20261125T101500-1a2b3c/
             index.faiss    FAISS index, row i = chunk id i
-            chunks.sqlite  chunk store (text, document id, source, position)
+            chunks.sqlite  chunk store (text, document id, source, position, page, headings, metadata)
             embeddings.npy the chunk vectors, so a rebuild encodes only new or changed text
             manifest.json  how it was built
             .rag-version   marker: this folder was made by a build (only marked folders are ever deleted)
@@ -27,6 +27,8 @@ import re
 import shutil
 import sqlite3
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -34,8 +36,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote_from_bytes
 
+import numpy as np
+
 from pipeline import registry
 from pipeline.errors import IndexMissingError, InputError
+from pipeline.filters import Filter, no_match
 from pipeline.types import Chunk
 
 logger = logging.getLogger(__name__)
@@ -44,7 +49,9 @@ CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks.sqlite"
 EMBEDDINGS = "embeddings.npy"  # float32 (n_chunks, dim), row i = chunk i; reused by later builds
-FORMAT_VERSION = 1
+# 2: the chunk store has page, headings and metadata columns (an index of version 1 still loads: no
+# pages, headings or metadata, so only source/doc_id filters match), and the manifest lists the readers.
+FORMAT_VERSION = 2
 VERSION_MARKER = ".rag-version"  # written first into every version folder a build creates
 # Version folders made before the marker existed: v-<UTC timestamp>-<6 hex>, recognised with their manifest.json.
 VERSION_NAME = re.compile(r"v-\d{8}T\d{6,12}-[0-9a-f]{6}")
@@ -57,7 +64,7 @@ MAX_MANIFEST_BYTES = 16 * 2**20
 
 _MANIFEST_TYPES: dict[str, type] = {
     "embedder": dict, "chunking": dict, "index": dict, "counts": dict, "corpus": dict, "versions": dict,
-    "created_at": str, "build_seconds": dict, "format_version": int,
+    "created_at": str, "build_seconds": dict, "format_version": int, "readers": dict,
 }
 
 
@@ -143,6 +150,7 @@ class Manifest:
     created_at: str
     build_seconds: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    readers: dict[str, Any] = field(default_factory=dict)  # reader name -> version, library, documents read
 
     def write(self, directory: Path) -> None:
         _write_json(directory / MANIFEST, asdict(self))
@@ -157,7 +165,9 @@ class Manifest:
         except FileNotFoundError:
             raise IndexMissingError(f"manifest {path} is missing; rebuild with scripts/build_index.py") from None
         except (OSError, ValueError, TypeError, RecursionError) as exc:
-            raise IndexMissingError(f"manifest {path} is unreadable ({exc}); rebuild with scripts/build_index.py") from None
+            raise IndexMissingError(
+                f"manifest {path} is unreadable ({exc}); rebuild with scripts/build_index.py"
+            ) from None
 
 
 def _check_manifest_types(data: Any) -> None:
@@ -176,9 +186,15 @@ def _check_manifest_types(data: Any) -> None:
 
 
 class ChunkStore:
-    """SQLite table of chunks keyed by their FAISS row id."""
+    """SQLite table of chunks keyed by their FAISS row id.
 
-    _COLUMNS = "id, chunk_id, doc_id, text, source, position, start, end_, title"
+    ``page`` (NULL when the format has none), ``headings`` (a JSON list) and ``metadata``
+    (a JSON object, the document's) came with format version 2; a store written before
+    reads as having none of them.
+    """
+
+    _COLUMNS = "id, chunk_id, doc_id, text, source, position, start, end_, title, page, headings, metadata"
+    _FILTER_CACHE = 64  # filters whose matching rows are kept
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = path
@@ -192,20 +208,40 @@ class ChunkStore:
             if create:
                 raise
             raise IndexMissingError(f"chunk store {path} cannot be opened ({exc}); rebuild the index") from None
+        self._lock = threading.Lock()
+        self._groups: tuple[np.ndarray, list[tuple[str, str, int | None, dict]]] | None = None
+        self._matches: OrderedDict[Filter, np.ndarray] = OrderedDict()
         if create:
             self._conn.execute(
                 "CREATE TABLE chunks (id INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL, "
                 "text TEXT NOT NULL, source TEXT NOT NULL, position INTEGER NOT NULL, start INTEGER NOT NULL, "
-                "end_ INTEGER NOT NULL, title TEXT NOT NULL)"
+                "end_ INTEGER NOT NULL, title TEXT NOT NULL, page INTEGER, headings TEXT NOT NULL DEFAULT '[]', "
+                "metadata TEXT NOT NULL DEFAULT '{}')"
             )
+            self._select = self._COLUMNS
+        else:
+            self._select = self._readable_columns()
+
+    def _readable_columns(self) -> str:
+        """The SELECT list for this store: a format-1 store has no page/headings/metadata (read as none)."""
+        try:
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(chunks)")}
+        except sqlite3.DatabaseError as exc:
+            raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
+        defaults = {"page": "NULL", "headings": "'[]'", "metadata": "'{}'"}
+        return ", ".join(
+            name if name in have or name not in defaults else f"{defaults[name]} AS {name}"
+            for name in self._COLUMNS.split(", ")
+        )
 
     def add(self, chunks: Iterable[Chunk], first_id: int = 0) -> None:
         rows = (
-            (i, c.chunk_id, c.doc_id, c.text, c.source, c.position, c.start, c.end, c.title)
+            (i, c.chunk_id, c.doc_id, c.text, c.source, c.position, c.start, c.end, c.title, c.page,
+             json.dumps(list(c.headings), ensure_ascii=False), json.dumps(c.metadata, ensure_ascii=False))
             for i, c in enumerate(chunks, start=first_id)
         )
         with self._conn:
-            self._conn.executemany(f"INSERT INTO chunks ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            self._conn.executemany(f"INSERT INTO chunks ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def get(self, ids: Sequence[int]) -> dict[int, Chunk]:
         """Chunks by row id; missing ids are absent from the result."""
@@ -213,10 +249,57 @@ class ChunkStore:
             return {}
         marks = ",".join("?" * len(ids))
         try:
-            cursor = self._conn.execute(f"SELECT {self._COLUMNS} FROM chunks WHERE id IN ({marks})", list(map(int, ids)))
+            cursor = self._conn.execute(f"SELECT {self._select} FROM chunks WHERE id IN ({marks})", list(map(int, ids)))
+            return {
+                row[0]: Chunk(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+                              tuple(_json(row[10], list)), _json(row[11], dict))
+                for row in cursor
+            }
         except sqlite3.DatabaseError as exc:
             raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
-        return {row[0]: Chunk(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8]) for row in cursor}
+
+    def matching_rows(self, flt: Filter) -> np.ndarray:
+        """The sorted row ids (int64) of the chunks ``flt`` lets through; cached per filter.
+
+        Raises:
+            NoMatchError: no chunk matches (the message lists the metadata keys the index has).
+        """
+        with self._lock:
+            cached = self._matches.get(flt)
+            if cached is not None:
+                self._matches.move_to_end(flt)
+                return cached
+            group_of_row, groups = self._load_groups()
+            keep = np.fromiter((flt.matches(src, meta, doc, page) for doc, src, page, meta in groups),
+                               dtype=bool, count=len(groups))
+            rows = np.flatnonzero(keep[group_of_row]).astype(np.int64) if len(groups) else np.zeros(0, np.int64)
+            if len(rows) == 0:
+                raise no_match(flt, len(group_of_row), {key for *_, meta in groups for key in meta})
+            self._matches[flt] = rows
+            if len(self._matches) > self._FILTER_CACHE:
+                self._matches.popitem(last=False)
+            return rows
+
+    def _load_groups(self):
+        """Each row's group: chunks of one document on one page share their filterable facts."""
+        if self._groups is None:
+            index: dict[tuple, int] = {}
+            groups: list[tuple[str, str, int | None, dict]] = []
+            ids: list[int] = []
+            columns = self._select.split(", ")
+            select = ", ".join(columns[i] for i in (0, 2, 4, 9, 11))  # id, doc_id, source, page, metadata
+            try:
+                rows = self._conn.execute(f"SELECT {select} FROM chunks ORDER BY id")
+                for _, doc_id, source, page, metadata in rows:
+                    key = (doc_id, source, page, metadata)
+                    if key not in index:
+                        index[key] = len(groups)
+                        groups.append((doc_id, source, page, _json(metadata, dict)))
+                    ids.append(index[key])
+            except sqlite3.DatabaseError as exc:
+                raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
+            self._groups = (np.asarray(ids, dtype=np.int64), groups)
+        return self._groups
 
     def texts(self) -> list[str]:
         """Every chunk's text, in row-id order (row i of the vector index is item i)."""
@@ -237,6 +320,15 @@ class ChunkStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _json(text: str | None, kind: type):
+    """A JSON column's value, or an empty ``kind`` when it is missing or not of that kind."""
+    try:
+        value = json.loads(text) if text else kind()
+    except (ValueError, RecursionError):
+        return kind()
+    return value if isinstance(value, kind) else kind()
 
 
 @dataclass
@@ -283,6 +375,11 @@ def load_index(index_path: Path, vectors: Any) -> IndexBundle:
     """Load the live version of ``index_path`` into the ``vectors`` stage (unloaded FaissIndex)."""
     version = current_version(index_path)
     manifest = Manifest.read(version)
+    if manifest.format_version > FORMAT_VERSION:
+        raise IndexMissingError(
+            f"index at {version} has format version {manifest.format_version}, newer than this code reads "
+            f"({FORMAT_VERSION}); update the project, or rebuild the index with scripts/build_index.py"
+        )
     vectors.load(version)
     chunks = ChunkStore(version / CHUNKS)
     n_chunks = chunks.count()
@@ -303,7 +400,7 @@ def discard_version(version: Path) -> None:
 
 def publish_version(index_path: Path, version: Path) -> None:
     """Make ``version`` the live one: fsync its files, then replace ``CURRENT`` atomically."""
-    for folder, dirs, files in os.walk(version, topdown=False):  # a store may write subfolders (Milvus Lite)
+    for folder, _dirs, files in os.walk(version, topdown=False):  # a store may write subfolders (Milvus Lite)
         for name in files:
             _fsync_file(Path(folder) / name)
         _fsync_dir(Path(folder))

@@ -3,21 +3,55 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A structural part of a document: a page of a PDF, or the text under one heading.
+
+    ``page`` is 1-based (None when the format has no pages); ``headings`` is the heading path
+    from the top level down (``("Installation", "Linux")``), empty above the first heading.
+    """
+
+    text: str
+    page: int | None = None
+    headings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One document read from the corpus, before chunking."""
+    """One document read from the corpus, before chunking.
+
+    A reader that knows the document's structure fills ``sections`` (then ``text`` is their texts
+    joined by blank lines, see :func:`document_from_sections`), so chunks can follow pages and
+    headings; ``metadata`` holds what the reader or the JSONL line says about the document
+    (``format``, ``lang``, ...), carried into every chunk and usable in filters.
+    """
 
     doc_id: str
     text: str
     title: str = ""
     source: str = ""
+    sections: tuple[Section, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def full_text(self) -> str:
         """``title + " " + text``, the form published benchmarks encode."""
         return f"{self.title} {self.text}" if self.title else self.text
+
+
+SECTION_SEPARATOR = "\n\n"
+
+
+def document_from_sections(
+    doc_id: str, sections: list[Section], *, title: str = "", source: str = "", metadata: dict[str, Any] | None = None
+) -> Document:
+    """A document whose text is its (non-empty) sections' texts joined by a blank line."""
+    kept = tuple(s for s in sections if s.text.strip())
+    return Document(doc_id=doc_id, text=SECTION_SEPARATOR.join(s.text for s in kept), title=title, source=source,
+                    sections=kept, metadata=dict(metadata or {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +60,8 @@ class Chunk:
 
     ``position`` is the chunk's index within its document (0-based);
     ``start``/``end`` are character offsets into ``Document.full_text``.
+    ``page`` (1-based, PDF) and ``headings`` (the heading path) say where in the document it
+    is; ``metadata`` is the document's.
     """
 
     chunk_id: str
@@ -36,6 +72,9 @@ class Chunk:
     start: int
     end: int
     title: str = ""
+    page: int | None = None
+    headings: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +83,10 @@ class Hit:
 
     ``rank`` is 1-based and ``score`` is the score of the stage that produced
     the list; ``retrieval_rank``/``retrieval_score`` keep the first stage's
-    view so a reranked list can show how far each hit moved.
+    view so a reranked list can show how far each hit moved. ``page``,
+    ``headings`` and ``metadata`` are the chunk's; ``positions`` lists every chunk
+    position of a passage that context assembly merged from neighbouring chunks
+    (empty for a single chunk, whose position is ``position``).
     """
 
     chunk_id: str
@@ -57,6 +99,10 @@ class Hit:
     retrieval_score: float
     retrieval_rank: int
     title: str = ""
+    page: int | None = None
+    headings: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    positions: tuple[int, ...] = ()
 
     @property
     def rank_change(self) -> int:

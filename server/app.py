@@ -15,7 +15,7 @@ Endpoints (docs/serving.md has a curl example for each):
 =====================  ==============================================================
 
 Every error is a JSON body ``{"error": KIND, "message": TEXT}`` with its status:
-400 unsupported filter, 401 bad API key, 413 body or document list too large,
+422 malformed or unmatched filter, 401 bad API key, 413 body or document list too large,
 422 invalid body, 503 not ready or rerank queue full (with ``Retry-After``),
 500 anything unexpected (logged; the body never holds a traceback).
 """
@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException
 
 from pipeline.config import PipelineConfig, ServerParams
 from pipeline.errors import ConfigError, GeneratorError, InputError, RagError
+from pipeline.filters import Filter
 from pipeline.pipeline import validate_query
 from pipeline.render import answer_to_dict, hit_to_dict, result_to_dict
 from pipeline.types import Answer
@@ -136,10 +137,9 @@ def create_app(
                            f"{settings.max_query_chars} (server.max_query_chars)")
         return validate_query(query)
 
-    def check_filter(value: Any) -> None:
-        if value:
-            raise ApiError(400, "unsupported", "filters are not supported by this index yet; send no 'filter' "
-                           "(or an empty one)")
+    def check_filter(value: Any) -> Filter | None:
+        """The request's filter, parsed once (a malformed one is a 422 that names the problem)."""
+        return Filter.from_value(value)
 
     # -- errors -----------------------------------------------------------------------------------
 
@@ -241,11 +241,11 @@ def create_app(
     @app.post("/v1/ask", tags=["pipeline"], dependencies=[Depends(authorize)])
     def ask(body: AskRequest) -> dict[str, Any]:
         """Retrieve ``top_k`` candidates and rerank them to ``top_n``: both lists, timings, version, config."""
-        check_filter(body.filter)
+        flt = check_filter(body.filter)
         query = check_query(body.query)
         served, pipe = pipelines.get(body.config)
         result = pipe.ask(query, body.top_k, body.top_n, rerank=body.reranker, weight=body.weight,
-                          generate=body.answer)
+                          generate=body.answer, filter=flt)
         metrics.observe_timings(result.timings)
         return result_to_dict(result, config=served.name, index_version=pipe.version)
 
@@ -307,13 +307,13 @@ def create_app(
     @app.post("/v1/search", tags=["pipeline"], dependencies=[Depends(authorize)])
     def search(body: SearchRequest) -> dict[str, Any]:
         """The first stage only: ``top_k`` hits with their retrieval scores."""
-        check_filter(body.filter)
+        flt = check_filter(body.filter)
         query = check_query(body.query)
         served, pipe = pipelines.get(body.config)
         top_k = body.top_k or pipe.top_k
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        hits = pipe.retriever.search([query], top_k, timings)[0]
+        hits = pipe.search(query, top_k, timings, filter=flt)
         timings["total"] = time.perf_counter() - start
         metrics.observe_timings(timings)
         return {

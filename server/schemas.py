@@ -22,7 +22,9 @@ class AskRequest(BaseModel):
     top_n: StrictInt | None = Field(None, gt=0, description="hits the reranker keeps (default: reranker.top_n)")
     reranker: StrictBool = Field(True, description="false skips the configured reranker for this request")
     weight: StrictFloat | None = Field(None, ge=0.0, le=1.0, description="the reranker's share of the final score")
-    filter: dict[str, Any] | list[Any] | None = Field(None, description="metadata filter (not supported yet)")
+    filter: dict[str, Any] | list[Any] | None = Field(
+        None, description="search only matching chunks: {\"source\": \"manuals/*.pdf\", \"lang\": [\"zh\", \"en\"]} "
+        "(source/doc_id are globs, page a number, other keys match document metadata) or [\"KEY=VALUE\", ...]")
     config: StrictStr | None = Field(None, description="name of the config to answer with (default: the first)")
     answer: StrictBool | None = Field(
         None, description="answer from the top_n passages with the config's generator (default: when it has one)")
@@ -67,7 +69,7 @@ class SearchRequest(BaseModel):
 
     query: StrictStr
     top_k: StrictInt | None = Field(None, gt=0)
-    filter: dict[str, Any] | list[Any] | None = None
+    filter: dict[str, Any] | list[Any] | None = Field(None, description="as in /v1/ask")
     config: StrictStr | None = None
 
 

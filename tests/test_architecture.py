@@ -28,7 +28,8 @@ def example_stages():
 
 def test_worked_example_runs_through_the_pipeline(example_stages, tmp_path, tiny_embedder_dir, tiny_corpus):
     config = write_config(tmp_path / "custom.yaml", str(tiny_embedder_dir), tmp_path / "index",
-                          retriever={"type": "keyword", "top_k": 6})
+                          retriever={"type": "keyword", "top_k": 6},
+                          context={"max_chunks_per_doc": None, "merge_neighbours": False})  # the reranker's own order
     text = config.read_text(encoding="utf-8").replace("reranker:\n  enabled: false\n",
                                                       "reranker:\n  type: shortest-first\n  top_n: 2\n")
     config.write_text(text, encoding="utf-8")

@@ -79,9 +79,12 @@ def test_missing_and_empty_corpora(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CorpusError, match="no supported files"):
         read_corpus(tmp_path / "empty")
-    write(tmp_path / "only" / "x.pdf", b"%PDF")
+    write(tmp_path / "only" / "x.bin", b"\x00\x01")
     with pytest.raises(CorpusError, match="no supported files"):
         read_corpus(tmp_path / "only")
+    write(tmp_path / "broken" / "x.pdf", b"%PDF")  # a PDF is read now: a truncated one is skipped, not unsupported
+    with pytest.raises(CorpusError, match="no readable document"):
+        read_corpus(tmp_path / "broken")
     write(tmp_path / "blank" / "x.txt", b"   \n")
     with pytest.raises(CorpusError, match="no readable document"):
         read_corpus(tmp_path / "blank")

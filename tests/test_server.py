@@ -148,9 +148,9 @@ def test_rerank_cohere_and_tei_shapes(client):
         ("/v1/ask", {"query": "q", "unknown": 1}, 422),
         ("/v1/ask", {"query": "q", "config": "nope"}, 422),
         ("/v1/ask", {"query": "q" * 301}, 422),
-        ("/v1/ask", {"query": "q", "filter": {"source": "a.md"}}, 400),
+        ("/v1/ask", {"query": "q", "filter": {"source": "no-such-file.md"}}, 422),  # matches nothing
         ("/v1/ask", ["q"], 422),
-        ("/v1/search", {"query": "q", "filter": [{"a": 1}]}, 400),
+        ("/v1/search", {"query": "q", "filter": [{"a": 1}]}, 422),
         ("/v1/rerank", {"query": "q", "documents": []}, 422),
         ("/v1/rerank", {"query": "q", "documents": [1, 2]}, 422),
         ("/v1/rerank", {"query": "q", "documents": ["d"] * 51}, 413),
@@ -171,7 +171,7 @@ def test_malformed_json_filter_message_and_unknown_route(client):
     response = client.post("/v1/ask", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["error"] == "invalid_request"
     response = client.post("/v1/ask", json={"query": "q", "filter": {"year": 2020}})
-    assert "filters are not supported by this index yet" in response.json()["message"]
+    assert response.status_code == 422 and "no chunk matches the filter year=2020" in response.json()["message"]
     assert client.post("/v1/ask", json={"query": "q", "filter": {}}).status_code == 200  # empty: accepted
     assert client.get("/v1/nothing").status_code == 404 and client.get("/v1/nothing").json()["error"] == "not_found"
     assert client.get("/v1/ask").status_code == 405

@@ -15,13 +15,16 @@ from typing import Annotated
 import numpy as np
 from pydantic import AfterValidator, PositiveInt
 
-from pipeline.params import StageParams
 from pipeline.device import check_device_name
 from pipeline.errors import ConfigError, IndexMissingError, IndexWriteError
+from pipeline.params import StageParams
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
+# A filter matching at most this many rows is searched exactly over those rows' vectors (reconstructed
+# from the index: a 20k x 1024 float32 block is 80 MB and one matrix product); more go through an ID selector.
+EXACT_MAX_ROWS = 20_000
 
 
 def _training_points(index) -> int:
@@ -55,6 +58,7 @@ class FaissIndex:
     """A FAISS index over float32 (n, dim) vectors, searched by inner product."""
 
     class Params(StageParams):
+        path_keys = ("path",)
         path: str = "indexes/default"
         factory: str = "Flat"
         device: Annotated[str, AfterValidator(check_device_name)] = "auto"
@@ -131,17 +135,118 @@ class FaissIndex:
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
-            raise IndexMissingError(f"index file {path} is unreadable ({exc}); rebuild with scripts/build_index.py") from None
+            raise IndexMissingError(
+                f"index file {path} is unreadable ({exc}); rebuild with scripts/build_index.py"
+            ) from None
         self._index = self._place(index)
         self._apply_search_params()
 
-    def search(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return (scores, ids), each (n_queries, k) with k = min(top_k, ntotal); ids are row numbers."""
-        k = min(top_k, self.ntotal)
-        if k == 0:
+    def search(
+        self, queries: np.ndarray, top_k: int, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (scores, ids), each (n_queries, k) with k = min(top_k, ntotal); ids are row numbers.
+
+        ``rows`` (sorted row ids, a filter's matches) restricts the search to those rows, and k is then
+        min(top_k, len(rows)). Up to ``EXACT_MAX_ROWS`` rows are scored exactly (their vectors
+        reconstructed from the index); more go through an ID selector inside the search on the CPU
+        (exact for ``Flat``, the index's own approximation for IVF/HNSW). Where neither applies (a GPU
+        index, a composite factory) or an approximate index returns too few, the search over-fetches
+        and keeps matching rows.
+        """
+        if rows is None:
+            k = min(top_k, self.ntotal)
+            if k == 0:
+                n = len(queries)
+                return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
+            return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        import faiss
+
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(top_k, len(rows), self.ntotal)
+        if k == 0 or len(queries) == 0:
             n = len(queries)
-            return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
-        return self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+            return np.zeros((n, k), dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
+        if len(rows) >= self.ntotal:
+            return self._index.search(queries, k)
+        if len(rows) <= EXACT_MAX_ROWS:
+            vectors = self._reconstruct(rows)
+            if vectors is not None:
+                scores = queries @ vectors.T
+                top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+                return np.take_along_axis(scores, top, axis=1), rows[top]
+        if not self.on_gpu:
+            selector = faiss.IDSelectorBatch(rows)  # must outlive the search: the parameters point at it
+            params = self._selector_params(selector, k)
+            if params is not None:
+                try:
+                    scores, ids = self._index.search(queries, k, params=params)
+                except RuntimeError as exc:  # a factory whose search takes no selector
+                    logger.debug("faiss selector not applicable (%s): over-fetching", _reason(exc))
+                else:
+                    short = (ids < 0).any(axis=1)
+                    if not short.any():
+                        return scores, ids
+                    scores[short], ids[short] = self._overfetch(queries[short], k, rows)
+                    return scores, ids
+        return self._overfetch(queries, k, rows)
+
+    def _reconstruct(self, rows: np.ndarray) -> np.ndarray | None:
+        """The stored vectors of ``rows`` (float32), or None when this index cannot give them back."""
+        import faiss
+
+        for attempt in range(2):
+            try:
+                return np.asarray(self._index.reconstruct_batch(rows), dtype=np.float32)
+            except RuntimeError:
+                if attempt or self.on_gpu:
+                    return None
+                try:  # an IVF index gives vectors back once it has a direct map (one id -> list entry table)
+                    faiss.extract_index_ivf(self._index).make_direct_map()
+                except RuntimeError:
+                    return None
+        return None
+
+    def _selector_params(self, selector, k: int):
+        """Search parameters carrying ``selector`` for this index type (keeping nprobe / efSearch), or None."""
+        import faiss
+
+        index = faiss.downcast_index(self._index)
+        try:
+            ivf = faiss.extract_index_ivf(self._index)
+        except RuntimeError:
+            ivf = None
+        if ivf is not None:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=int(ivf.nprobe)) if ivf is index else None
+        if hasattr(index, "hnsw"):
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(int(index.hnsw.efSearch), k))
+        if isinstance(index, (faiss.IndexFlat, faiss.IndexFlatIP, faiss.IndexFlatL2)):
+            return faiss.SearchParameters(sel=selector)
+        return None
+
+    def _overfetch(self, queries: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Search ever deeper (by the filter's selectivity, then doubling) until k matching rows are found."""
+        n = len(queries)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        ids = np.full((n, k), -1, dtype=np.int64)
+        depth = min(self.ntotal, max(2 * k, int(k * self.ntotal / max(len(rows), 1) * 2)))
+        todo = np.arange(n)
+        while len(todo):
+            found_scores, found_ids = self._index.search(queries[todo], depth)
+            keep = np.isin(found_ids, rows)
+            left = []
+            for j, q in enumerate(todo):
+                hit = np.flatnonzero(keep[j])[:k]
+                if len(hit) < k and depth < self.ntotal:
+                    left.append(q)
+                    continue
+                scores[q, : len(hit)] = found_scores[j, hit]
+                ids[q, : len(hit)] = found_ids[j, hit]
+            if depth >= self.ntotal:
+                break
+            todo = np.asarray(left, dtype=np.int64)
+            depth = min(self.ntotal, depth * 2)
+        return scores, ids
 
     def _place(self, index):
         """Move the index to the GPU when asked for (or ``auto``) and faiss can."""

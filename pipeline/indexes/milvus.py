@@ -36,8 +36,13 @@ import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from tqdm.auto import tqdm
 
+from pipeline.errors import (
+    IndexLockedError,
+    IndexMissingError,
+    MissingDependencyError,
+    ServiceUnavailableError,
+)
 from pipeline.params import StageParams
-from pipeline.errors import ConfigError, IndexLockedError, IndexMissingError, MissingDependencyError, ServiceUnavailableError
 from pipeline.types import Chunk
 
 logger = logging.getLogger(__name__)
@@ -212,16 +217,24 @@ class MilvusIndex:
         self._client, self._collection = client, collection
         self._ntotal = int(client.get_collection_stats(collection)["row_count"])
 
-    def search(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return (scores, ids), each (n_queries, k) with k = min(top_k, ntotal); ids are row numbers (-1 pads)."""
+    def search(
+        self, queries: np.ndarray, top_k: int, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (scores, ids), each (n_queries, k) with k = min(top_k, ntotal); ids are row numbers (-1 pads).
+
+        ``rows`` (a filter's matching row ids) becomes a Milvus filter expression on ``id``
+        (``id in [...]``, or ``not in`` the complement when that is shorter), so Milvus searches only
+        those rows and k is min(top_k, len(rows)).
+        """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        k = min(top_k, self.ntotal)
+        k = min(top_k, self.ntotal if rows is None else len(rows))
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         if k == 0 or len(queries) == 0:
             return scores, ids
+        expression = "" if rows is None else self._filter_expression(rows)
         results = self._client.search(
-            self._collection, data=list(queries), limit=k, output_fields=[],
+            self._collection, data=list(queries), limit=k, output_fields=[], filter=expression,
             search_params={"metric_type": "IP", "params": self._search_params(k)}, timeout=self.params.timeout,
         )
         for row, hits in enumerate(results):
@@ -229,6 +242,16 @@ class MilvusIndex:
                 ids[row, col] = hit["id"]
                 scores[row, col] = hit["distance"]
         return scores, ids
+
+    def _filter_expression(self, rows: np.ndarray) -> str:
+        """``id in [...]`` over the rows, or ``id not in [...]`` over the others when fewer."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) >= self.ntotal:
+            return ""
+        if 2 * len(rows) <= self.ntotal:
+            return f"id in [{','.join(map(str, rows.tolist()))}]"
+        others = np.setdiff1d(np.arange(self.ntotal, dtype=np.int64), rows, assume_unique=True)
+        return f"id not in [{','.join(map(str, others.tolist()))}]"
 
     def _build_params(self) -> dict[str, int]:
         p = self.params

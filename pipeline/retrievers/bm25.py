@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from pipeline.errors import MissingDependencyError
+from pipeline.filters import Filter
 from pipeline.params import StageParams
 from pipeline.retrievers.hits import hits_from_rows, row_ids
 from pipeline.types import Hit
@@ -141,13 +142,17 @@ class LexicalIndex:
             bundle.derived[key] = cls(params, bundle.chunks.texts())
         return bundle.derived[key]
 
-    def search(self, query: str, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, row ids) of the best ``top_k`` chunks that share a term with the query."""
+    def search(self, query: str, top_k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, row ids) of the best ``top_k`` chunks that share a term with the query (among ``rows``)."""
         terms = self.tokenizer.tokenize(query)
-        k = min(top_k, self.size)
+        k = min(top_k, self.size if rows is None else len(rows))
         if not terms or k == 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-        ids, scores = self._bm25.retrieve([terms], k=k, show_progress=False, n_threads=1)
+        mask = None
+        if rows is not None:  # chunks outside the filter score 0, and 0 is not a match
+            mask = np.zeros(self.size, dtype=np.float32)
+            mask[rows] = 1.0
+        ids, scores = self._bm25.retrieve([terms], k=k, show_progress=False, n_threads=1, weight_mask=mask)
         ids, scores = ids[0], scores[0]
         keep = scores > 0  # chunks with no query term get 0 in arbitrary order: not a match
         return scores[keep], ids[keep]
@@ -175,16 +180,19 @@ class BM25Retriever:
         return self
 
     def search(
-        self, queries: Sequence[str], top_k: int | None = None, timings: dict[str, float] | None = None
+        self, queries: Sequence[str], top_k: int | None = None, timings: dict[str, float] | None = None,
+        *, filter: Filter | None = None,
     ) -> list[list[Hit]]:
         """One ranked list per query: at most ``top_k`` chunks, only those sharing a term with it.
 
+        ``filter`` masks out the chunks it does not match before the top ``top_k`` are taken.
         When ``timings`` is given, seconds spent are added to its ``bm25`` entry.
         """
         top_k = top_k or self.params.top_k
         lexical = self.lexical
+        allowed = self.index.chunks.matching_rows(filter) if filter else None
         start = time.perf_counter()
-        rows = [lexical.search(query, top_k) for query in queries]
+        rows = [lexical.search(query, top_k, allowed) for query in queries]
         found = self.index.chunks.get(row_ids(ids for _, ids in rows))
         results = [hits_from_rows(zip(scores, ids), found) for scores, ids in rows]
         if timings is not None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from pydantic import PositiveInt
 
+from pipeline.filters import Filter
 from pipeline.params import StageParams
 from pipeline.retrievers.hits import hits_from_rows, row_ids
 from pipeline.types import Hit
@@ -31,17 +32,24 @@ class DenseRetriever:
         return self
 
     def search(
-        self, queries: Sequence[str], top_k: int | None = None, timings: dict[str, float] | None = None
+        self, queries: Sequence[str], top_k: int | None = None, timings: dict[str, float] | None = None,
+        *, filter: Filter | None = None,
     ) -> list[list[Hit]]:
         """One ranked list of at most ``top_k`` hits per query (fewer when the index is smaller).
 
+        ``filter`` restricts the search to matching chunks inside the vector store (still ``top_k``
+        hits when that many match); one that matches nothing raises :class:`~pipeline.filters.NoMatchError`.
         When ``timings`` is given, seconds spent in ``embed`` and ``search`` are added to it.
         """
         top_k = top_k or self.params.top_k
+        rows = self.index.chunks.matching_rows(filter) if filter else None
         start = time.perf_counter()
         vectors = self.embedder.encode_queries(queries)
         embedded = time.perf_counter()
-        scores, ids = self.index.vectors.search(vectors, top_k)
+        if rows is None:
+            scores, ids = self.index.vectors.search(vectors, top_k)
+        else:
+            scores, ids = self.index.vectors.search(vectors, top_k, rows=rows)
         found = self.index.chunks.get(row_ids(ids))
         if timings is not None:
             timings["embed"] = timings.get("embed", 0.0) + embedded - start

@@ -20,7 +20,7 @@ def hits_from_rows(rows: Iterable[tuple[float, int]], chunks: dict[int, Chunk]) 
         rank = len(hits) + 1
         hits.append(
             Hit(chunk.chunk_id, chunk.doc_id, chunk.text, chunk.source, chunk.position,
-                float(score), rank, float(score), rank, chunk.title)
+                float(score), rank, float(score), rank, chunk.title, chunk.page, chunk.headings, chunk.metadata)
         )
     return hits
 

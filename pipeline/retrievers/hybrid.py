@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import NonNegativeFloat, PositiveInt, model_validator
 
+from pipeline.filters import Filter
 from pipeline.params import StageParams
 from pipeline.retrievers.bm25 import BM25Retriever, LexicalParams
 from pipeline.retrievers.dense import DenseRetriever
@@ -101,17 +102,18 @@ class HybridRetriever:
         return self
 
     def search(
-        self, queries: Sequence[str], top_k: int | None = None, timings: dict[str, float] | None = None
+        self, queries: Sequence[str], top_k: int | None = None, timings: dict[str, float] | None = None,
+        *, filter: Filter | None = None,
     ) -> list[list[Hit]]:
-        """One fused list of at most ``top_k`` hits per query.
+        """One fused list of at most ``top_k`` hits per query (both lists restricted by ``filter``).
 
         When ``timings`` is given, seconds are added to ``embed`` and ``search`` (dense),
         ``bm25`` and ``fuse``.
         """
         top_k = top_k or self.params.top_k
         depth = max(self.params.depth, top_k)
-        dense = self.dense.search(queries, depth, timings)
-        lexical = self.bm25.search(queries, depth, timings)
+        dense = self.dense.search(queries, depth, timings, filter=filter)
+        lexical = self.bm25.search(queries, depth, timings, filter=filter)
         start = time.perf_counter()
         weights = (self.params.weights.dense, self.params.weights.bm25)
         fused = [

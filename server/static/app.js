@@ -378,6 +378,17 @@
     return el("span", { class: "move same", title: "same place as retrieved", "aria-label": "unchanged" }, "=");
   }
 
+  /** Where in its document a hit is: " p. 12 › Installation › Linux", or " · chunk 3" (plain text). */
+  function whereIn(hit) {
+    let out = "";
+    if (hit.page !== null && hit.page !== undefined) out += ` p. ${hit.page}`;
+    for (const heading of hit.headings || []) out += ` › ${heading}`;
+    const positions = hit.positions || [];
+    if (positions.length > 1) out += ` · chunks ${positions[0]}–${positions[positions.length - 1]}`;
+    else if (!out && hit.position) out += ` · chunk ${hit.position}`;
+    return out;
+  }
+
   /** One hit: rank, score, move, title and source, and the passage with the query's terms marked. */
   function renderHit(hit, pattern, opts) {
     const kept = opts.keptRank ? opts.keptRank.get(hit.chunk_id) : undefined;
@@ -396,7 +407,7 @@
       opts.other ? opts.other(hit) : null);
     const source = el("div", { class: "source" },
       hit.title ? el("span", { class: "title" }, hit.title) : null,
-      el("span", { class: "path" }, hit.source || hit.doc_id || "", hit.position ? ` · chunk ${hit.position}` : ""));
+      el("span", { class: "path" }, hit.source || hit.doc_id || "", whereIn(hit)));
     const passage = el("p", { class: "passage" });
     passage.append(highlighted(String(hit.text ?? ""), pattern));
     const more = el("button", { type: "button", class: "more link", "aria-expanded": "false" }, "more");
