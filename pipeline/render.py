@@ -157,6 +157,7 @@ def hit_to_dict(hit: Hit) -> dict[str, Any]:
 
 def _hit_dict(hit: Hit) -> dict[str, Any]:
     data = asdict(hit)
+    data["headings"] = list(hit.headings)  # as JSON gives it back
     data["positions"] = list(hit.positions or (hit.position,))  # every chunk a (merged) passage holds
     data["rank_change"] = hit.rank_change
     return data
