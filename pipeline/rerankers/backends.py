@@ -123,6 +123,7 @@ def _export(folder: Path, model_dir: Path, backend: str, quantize: str, load_tor
     start = time.perf_counter()
     logger.info("reranker: exporting %s to %s (%s, quantize %s); done once", model_dir, folder, backend, quantize)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; other users of a shared model folder read it too
     try:
         network = load_torch_model()
         with warnings.catch_warnings():  # tracer and exporter notes about a graph that is fine for inference
