@@ -47,6 +47,7 @@ _RANGES: tuple[tuple[int, int, str], ...] = (  # (first, last, script), code poi
     (0x20000, 0x2FA1F, "Hani"),
 )
 _WIDE = {"Hani": 3, "Kana": 3, "Hang": 3}  # letters' worth of one character
+_JAPANESE_KANA_SHARE = 0.2  # Japanese prose is 30-60% kana; Chinese text quoting a Japanese name is not
 
 
 @lru_cache(maxsize=4096)
@@ -73,14 +74,17 @@ def script_counts(text: str) -> dict[str, int]:
 def detect_script(text: str) -> str | None:
     """The dominant script of ``text`` (ISO 15924: ``Latn``, ``Hani``, ``Jpan``, ``Hang``, ``Cyrl``, ...).
 
-    Han text with any kana is Japanese (``Jpan``); None when the text has no letters (numbers,
-    symbols), which every model is taken to read.
+    Han text with at least 20% kana is Japanese (``Jpan``; Chinese text quoting a Japanese title stays
+    ``Hani``); None when the text has no letters (numbers, symbols), which every model is taken to read.
     """
     counts = script_counts(text)
     if not counts:
         return None
-    if "Kana" in counts:
-        counts["Jpan"] = counts.pop("Kana") + counts.pop("Hani", 0)
+    kana = counts.pop("Kana", 0)
+    if kana and kana >= _JAPANESE_KANA_SHARE * (kana + counts.get("Hani", 0)):
+        counts["Jpan"] = kana + counts.pop("Hani", 0)
+    elif kana:
+        counts["Hani"] = counts.get("Hani", 0) + kana  # a few katakana names in Chinese text
     return max(counts, key=lambda s: (counts[s], s))
 
 

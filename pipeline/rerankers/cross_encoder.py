@@ -298,6 +298,12 @@ class CrossEncoderReranker:
         if languages is None:
             resolved = resolve_model(self.params.model, "reranker.model")
             languages = card_languages(resolved.location) if resolved.local else None
+            try:
+                scripts_of(languages or [])
+            except ValueError:  # a card that says "multilingual" (or a code we do not know): no guard
+                logger.info("reranker %s: model card languages %s include unknown codes; no language guard",
+                            self.params.model, languages)
+                languages = None
         return LanguageGuard(languages) if languages else None
 
     def skip_note(self, query: str, passages: Sequence[str]) -> str | None:
