@@ -126,8 +126,8 @@ def make_tokenizer(bundle: Bundle):
     """A Hugging Face fast tokenizer over the bundle's SentencePiece (Unigram) vocabulary.
 
     The C engine normalizes with a per-character map taken from XLM-R's SentencePiece model;
-    NFKC plus collapsed spaces is the same map for all but rare characters, so token counts
-    agree (within 1% on CMRC and SciFact; see ``tests/test_multilingual.py``).
+    NFKC plus collapsed spaces is the same map for all but rare characters (tabs, for one), so
+    token counts agree closely: 14,765 vs the engine's 14,767 over 40 CMRC passages.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
