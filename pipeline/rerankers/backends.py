@@ -18,10 +18,12 @@ be deleted). A read-only model folder falls back to ``$XDG_CACHE_HOME/rag-pipeli
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
 import shutil
 import tempfile
 import warnings
@@ -74,10 +76,12 @@ def available(backend: str, quantize: str = "none") -> bool:
 def export_key(model_dir: Path, backend: str, quantize: str) -> dict:
     """What an export depends on; its digest names the export folder."""
     files = {}
-    for name in ("config.json", "model.safetensors", "pytorch_model.bin", CALIBRATION_PAIRS):
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
         path = model_dir / name
         if path.is_file():
             files[name] = _file_digest(path)
+    if quantize != "none" and calibration_pairs_path(model_dir).is_file():
+        files[CALIBRATION_PAIRS] = _file_digest(calibration_pairs_path(model_dir))
     packages = ["torch", "transformers", RUNTIMES[backend][1]]
     if quantize != "none":
         packages.append(QUANTIZERS[backend][1])
@@ -187,26 +191,49 @@ def _export_openvino(work: Path, model_dir: Path, network, tokenizer, quantize: 
     for port, name in zip(converted.inputs, example):
         port.get_tensor().set_names({name})
     if quantize == "int8":
-        converted = _quantize_openvino(converted, model_dir, tokenizer)
+        converted = _quantize_openvino(converted, model_dir, tokenizer, _max_tokens(network))
     ov.save_model(converted, work / "model.xml", compress_to_fp16=False)
 
 
-def _quantize_openvino(converted, model_dir: Path, tokenizer):
+def _max_tokens(network, cap: int = 256) -> int:
+    """Tokens per calibration pair: ``cap``, or fewer when the model has fewer positions (RoBERTa-style
+    models reserve two position ids after the padding index)."""
+    positions = getattr(getattr(network, "config", None), "max_position_embeddings", None)
+    return min(cap, positions - 2) if isinstance(positions, int) and positions > 2 else cap
+
+
+def _quantize_openvino(converted, model_dir: Path, tokenizer, max_length: int = 256):
     import nncf
 
     pairs = read_calibration_pairs(model_dir)
     items = []
     for query, passage in pairs[:CALIBRATION_LIMIT]:
-        encoded = tokenizer(query, passage, truncation="only_second", max_length=256, return_tensors="np")
+        encoded = tokenizer(query, passage, truncation="longest_first", max_length=max_length, return_tensors="np")
         items.append({k: v.astype(np.int64) for k, v in encoded.items()})
     logger.info("reranker: NNCF int8 quantization on %d calibration pairs", len(items))
-    return nncf.quantize(converted, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=len(items))
+    # NNCF draws progress bars on stdout, which belongs to the command's output (ask.py --json)
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize(converted, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(items))
+
+
+# Generic English (query, passage) pairs (SciFact *train*) shipped with the project's own reranker; a model
+# without pairs of its own calibrates on these (activation ranges need representative text, not its labels).
+SHIPPED_PAIRS = Path(__file__).resolve().parents[2] / "models" / "minilm-reranker" / CALIBRATION_PAIRS
+
+
+def calibration_pairs_path(model_dir: Path) -> Path:
+    """The model's own ``calibration_pairs.jsonl``, else the project's shipped pairs (when present)."""
+    own = model_dir / CALIBRATION_PAIRS
+    return own if own.is_file() or not SHIPPED_PAIRS.is_file() else SHIPPED_PAIRS
 
 
 def read_calibration_pairs(model_dir: Path) -> list[tuple[str, str]]:
-    """The (query, passage) pairs int8 quantization calibrates on; raises when the model has none."""
-    path = model_dir / CALIBRATION_PAIRS
+    """The (query, passage) pairs int8 quantization calibrates on; raises when there are none."""
+    path = calibration_pairs_path(model_dir)
+    if path != model_dir / CALIBRATION_PAIRS:
+        logger.info("reranker: %s has no %s; int8 calibrates on the project's pairs %s", model_dir,
+                    CALIBRATION_PAIRS, path)
     if not path.is_file():
         raise ConfigError(
             f"reranker.quantize: int8 with backend openvino calibrates on {path}, which does not exist; write a "

@@ -199,6 +199,8 @@ class CrossEncoderReranker:
         stage._tokenizer = model.tokenizer
         stage._calibration = IDENTITY  # an in-memory model has no folder, so no calibration file
         stage.backend_used = "torch"
+        if params.languages is None:  # no folder, so no model card to read languages from: no guard
+            stage.__dict__["language_guard"] = None
         model.eval()
         return stage
 
