@@ -98,7 +98,14 @@ def server(tmp_path_factory):
     )
     assert build.returncode == 0, f"build_index.py failed:\n{build.stdout}\n{build.stderr}"
 
-    dense_only = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
+    # The page is tested with the reranker settings it was verified with (exact torch scores mixed at 0.5),
+    # pinned here so that retuning the shipped config's backend or weight cannot change what the page shows.
+    offline = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
+    offline["reranker"].update(model=str(ROOT / "models" / "minilm-reranker"), backend="torch", quantize="none",
+                               calibrate=False, weight=0.5)
+    offline_path = tmp / "offline.yaml"
+    offline_path.write_text(yaml.safe_dump(offline))
+    dense_only = yaml.safe_load(yaml.safe_dump(offline))
     dense_only["reranker"]["enabled"] = False
     dense_only_path = tmp / "dense-only.yaml"
     dense_only_path.write_text(yaml.safe_dump(dense_only))
@@ -107,7 +114,7 @@ def server(tmp_path_factory):
     log_path = tmp / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "scripts/serve.py", "--config", "configs/offline.yaml",
+            [sys.executable, "scripts/serve.py", "--config", str(offline_path),
              "--config", f"dense-only={dense_only_path}", "--index", str(index),
              "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
