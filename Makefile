@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 QUERY ?= symptoms of vitamin D deficiency
 
-.PHONY: setup demo serve test clean
+.PHONY: setup demo serve lint test clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ demo: setup
 serve: setup
 	test -f indexes/offline/CURRENT || $(PY) scripts/build_index.py data/
 	$(PY) scripts/serve.py
+
+# The import-layer contracts (pyproject.toml [tool.importlinter]) and the linter; .ci/run runs both.
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 
 test: setup
 	$(PY) -m pytest -q

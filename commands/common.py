@@ -65,7 +65,8 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except Exception as exc:  # last resort: what no specific handler foresaw
         if debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)}; run with --debug for details", file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)}; run with --debug for details",
+              file=sys.stderr)
         return 1
 
 

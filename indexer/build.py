@@ -316,7 +316,9 @@ def _load_previous(index_path: Path, facts: dict, strict: bool) -> _Previous | N
         store.close()
     except (OSError, ValueError, IndexMissingError) as exc:
         if strict:
-            raise IndexMissingError(f"--update: cannot read the vectors of {version} ({exc}); rebuild without --update") from None
+            raise IndexMissingError(
+                f"--update: cannot read the vectors of {version} ({exc}); rebuild without --update"
+            ) from None
         logger.warning("cannot reuse vectors of %s (%s): encoding everything", version, exc)
         return None
     if embeddings.shape != (len(doc_texts), facts["dimension"]):

