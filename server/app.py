@@ -344,7 +344,8 @@ def create_app(
         scores = pipe.reranker.score(query, texts)
         seconds = time.perf_counter() - start
         metrics.stage.labels("rerank").observe(seconds)
-        return served.name, np.asarray(scores, dtype=np.float32), seconds
+        # A pair the model cannot read (outside its languages) has no score (NaN): relevance 0, ranked last.
+        return served.name, np.nan_to_num(np.asarray(scores, dtype=np.float32), nan=0.0), seconds
 
     def cohere_rerank(body: CohereRerankRequest, api_version: str) -> dict[str, Any]:
         texts = [d if isinstance(d, str) else d.text for d in body.documents]

@@ -253,8 +253,14 @@ def test_missing_runtime_falls_back_to_torch_with_a_warning(model_copy, monkeypa
     np.testing.assert_allclose(scores, _stage(model_copy).score(QUERY, PASSAGES), atol=1e-6)
 
 
-def test_openvino_int8_without_calibration_pairs_is_a_config_error(model_copy):
+def test_openvino_int8_without_calibration_pairs_is_a_config_error(model_copy, monkeypatch):
     pytest.importorskip("nncf")
+    from pipeline.rerankers import backends
+
+    # a model without pairs of its own calibrates on the project's shipped pairs ...
+    assert backends.calibration_pairs_path(model_copy) == backends.SHIPPED_PAIRS
+    # ... and when there are none at all, it is a config error that says what to write
+    monkeypatch.setattr(backends, "SHIPPED_PAIRS", model_copy / "missing" / "calibration_pairs.jsonl")
     with pytest.raises(ConfigError, match="calibration_pairs.jsonl"):
         _stage(model_copy, backend="openvino", quantize="int8").load()
 

@@ -381,3 +381,15 @@ def test_server_section_is_validated(tmp_path, tiny_embedder_dir):
         load_config(path)
     default = load_config(write_config(tmp_path / "d.yaml", str(tiny_embedder_dir), tmp_path / "i"))
     assert default.server == ServerParams()
+
+
+def test_rerank_of_text_the_model_cannot_read_is_zero_not_nan(setup, tiny_embedder_dir, tiny_reranker_dir):
+    config = write_config(setup["tmp"] / "en-only.yaml", str(tiny_embedder_dir), setup["index"],
+                          str(tiny_reranker_dir), reranker={"languages": ["en"]})
+    with TestClient(create_app({"en": load_config(config)})) as test_client:
+        _wait_ready(test_client)
+        documents = ["维生素D缺乏有什么症状", "vitamin D"]
+        r = test_client.post("/v1/rerank", json={"query": "vitamin D", "documents": documents})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["index"] for x in results] == [1, 0] and results[1]["relevance_score"] == 0.0
