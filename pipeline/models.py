@@ -75,35 +75,27 @@ def resolve_model(reference: str, role: str) -> ResolvedModel:
 
 def load_sentence_transformer(reference: str, role: str, device: str):
     """Load a bi-encoder through :func:`resolve_model`; errors are :class:`ModelNotFoundError`."""
-    from pickle import UnpicklingError
-
-    from safetensors import SafetensorError
     from sentence_transformers import SentenceTransformer
 
-    resolved = resolve_model(reference, role)
-    try:
-        return SentenceTransformer(resolved.location, device=device, local_files_only=resolved.local)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelNotFoundError(f"{role}: cannot load {reference!r} from {resolved.location}: {exc}") from exc
-    except SafetensorError as exc:
-        raise ModelNotFoundError(f"{role}: the weights of {reference!r} in {resolved.location} are damaged or "
-                                 f"truncated ({exc}); download or copy the model again") from exc
-    except UnpicklingError as exc:
-        raise ModelNotFoundError(f"{role}: torch refuses to load the pytorch_model.bin of {reference!r}: it holds "
-                                 "pickled Python objects, and loading them could run arbitrary code; use a copy "
-                                 "saved as model.safetensors") from exc
+    return _load(SentenceTransformer, reference, role, device=device)
 
 
 def load_cross_encoder(reference: str, role: str, device: str, max_length: int | None):
     """Load a cross-encoder through :func:`resolve_model`; errors are :class:`ModelNotFoundError`."""
+    from sentence_transformers import CrossEncoder
+
+    return _load(CrossEncoder, reference, role, device=device, max_length=max_length)
+
+
+def _load(model_class, reference: str, role: str, **kwargs):
+    """``model_class(folder or hub id, ...)`` with every way a model fails to load turned into one message."""
     from pickle import UnpicklingError
 
     from safetensors import SafetensorError
-    from sentence_transformers import CrossEncoder
 
     resolved = resolve_model(reference, role)
     try:
-        return CrossEncoder(resolved.location, device=device, max_length=max_length, local_files_only=resolved.local)
+        return model_class(resolved.location, local_files_only=resolved.local, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelNotFoundError(f"{role}: cannot load {reference!r} from {resolved.location}: {exc}") from exc
     except SafetensorError as exc:

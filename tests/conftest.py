@@ -140,3 +140,20 @@ def write_config(
 def tiny_config(tmp_path, tiny_embedder_dir, tiny_reranker_dir) -> Path:
     """A config wiring the tiny embedder and tiny reranker, index under tmp_path."""
     return write_config(tmp_path / "tiny.yaml", str(tiny_embedder_dir), tmp_path / "index", str(tiny_reranker_dir))
+
+
+def wait_until_ready(proc, base: str, timeout: float, poll: float = 0.1) -> None:
+    """Wait for a server subprocess at ``base`` to answer ``/readyz`` with 200; fail if it exits or times out."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
+        time.sleep(poll)

@@ -22,7 +22,7 @@ from pipeline.generators.local import LocalGenerator, resolve_causal_lm
 from pipeline.pipeline import Pipeline
 from pipeline.render import annotate, result_to_dict
 from pipeline.types import Answer, Hit
-from tests.conftest import write_config
+from tests.conftest import wait_until_ready, write_config
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -341,9 +341,6 @@ def answer_server(answer_config):
     import os
     import subprocess
     import sys
-    import time
-
-    import httpx
 
     from tests.conftest import ROOT
 
@@ -355,15 +352,7 @@ def answer_server(answer_config):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(proc, base, 90, 0.2)
         yield f"{base}/v1"
     finally:
         proc.terminate()

@@ -30,7 +30,7 @@ from pipeline.pipeline import Pipeline  # noqa: E402
 from pipeline.render import result_to_dict  # noqa: E402
 from server import create_app  # noqa: E402
 from server.batching import MicroBatcher, QueueFullError  # noqa: E402
-from tests.conftest import ROOT, TINY_DOCS, write_config  # noqa: E402
+from tests.conftest import ROOT, TINY_DOCS, wait_until_ready, write_config  # noqa: E402
 
 QUERY = "bone pain from low vitamin D"
 
@@ -316,15 +316,7 @@ def test_real_server_with_the_cohere_sdk_concurrency_and_sigterm(setup):
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": "Bearer k"}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
+        wait_until_ready(proc, base, 60, 0.1)
         docs = ["Vitamin D deficiency causes bone pain.", "Python is a language.", "Iron deficiency anemia."]
         v1 = cohere.Client(api_key="k", base_url=base).rerank(query="vitamin D", documents=docs, top_n=2,
                                                               return_documents=True)

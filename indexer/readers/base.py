@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from pipeline.errors import MissingDependencyError
 from pipeline.store import open_regular
+from pipeline.types import Section
 
 
 class SkipFile(Exception):
@@ -97,3 +98,41 @@ def is_clean(text: str) -> bool:
 def clean(text: str) -> str:
     """Text safe to store: NULs dropped, lone surrogates replaced."""
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+class SectionBuilder:
+    """Paragraphs and headings in reading order -> :class:`Section`s with their heading paths.
+
+    A section is the text under one heading (the heading first); ``heading(level, text)`` closes the
+    open section and opens a new one below the last heading of a higher level.
+    """
+
+    def __init__(self) -> None:
+        self.sections: list[Section] = []
+        self.path: list[tuple[int, str]] = []  # (level, heading) from the top
+        self._body: list[str] = []
+        self._heading: str | None = None
+
+    def add(self, text: str) -> None:
+        self._body.append(text)
+
+    def heading(self, level: int, text: str) -> None:
+        self.close()
+        while self.path and self.path[-1][0] >= level:
+            self.path.pop()
+        self.path.append((level, text))
+        self._heading = text
+
+    def close(self) -> None:
+        """End the open section (its heading is not repeated in the text that follows)."""
+        text = "\n".join(self._body).strip()
+        if self._heading and text:
+            text = f"{self._heading}\n{text}"
+        if text:
+            self.sections.append(Section(text, None, tuple(h for _, h in self.path)))
+        self._body.clear()
+        self._heading = None
+
+    def finish(self) -> list[Section]:
+        self.close()
+        return self.sections

@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
-from indexer.readers.base import FileInput, SkipFile, clean, describe_error, require
-from pipeline.types import Document, Section, document_from_sections
+from indexer.readers.base import FileInput, SectionBuilder, SkipFile, clean, describe_error, require
+from pipeline.types import Document, document_from_sections
 
 NAME = "docx"
 SUFFIXES = (".docx",)
@@ -31,33 +31,17 @@ def read(file: FileInput) -> Iterator[Document]:
         raise
     except Exception as exc:  # not a zip, a missing part, broken XML: skip, never stop the build
         raise SkipFile(f"corrupt DOCX ({describe_error(exc)})") from None
-    sections: list[Section] = []
-    path: list[tuple[int, str]] = []
-    body: list[str] = []
-    heading: str | None = None
-
-    def flush() -> None:
-        text = "\n".join(body).strip()
-        if heading and text:
-            text = f"{heading}\n{text}"
-        if text:
-            sections.append(Section(text, None, tuple(h for _, h in path)))
-        body.clear()
-
+    builder = SectionBuilder()
     for style, text in blocks:
         if style == "title":
             title = title or text
             continue
         level = _heading_level(style)
         if level is None:
-            body.append(text)
-            continue
-        flush()
-        while path and path[-1][0] >= level:
-            path.pop()
-        path.append((level, text))
-        heading = text
-    flush()
+            builder.add(text)
+        else:
+            builder.heading(level, text)
+    sections = builder.finish()
     if not sections:
         raise SkipFile("no text in the document")
     metadata = {"format": NAME, **({"author": author} if author else {})}

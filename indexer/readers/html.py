@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from indexer.readers.base import FileInput, SkipFile, clean, describe_error, require
+from indexer.readers.base import FileInput, SectionBuilder, SkipFile, clean, describe_error, require
 from pipeline.types import Document, Section, document_from_sections
 
 NAME = "html"
@@ -48,35 +48,19 @@ def _from_xml(xml: str) -> tuple[str, list[Section], dict]:
     title = clean(root.get("title") or "").strip()
     metadata = {key: clean(root.get(key)) for key in ("author", "date", "url") if root.get(key)}
     main = root.find("main")
-    sections: list[Section] = []
-    path: list[tuple[int, str]] = []
-    body: list[str] = []
-
-    def flush(heading: str | None) -> None:
-        text = "\n".join(body).strip()
-        if heading and text:
-            text = f"{heading}\n{text}"
-        if text:
-            sections.append(Section(text, None, tuple(h for _, h in path)))
-        body.clear()
-
-    heading = None
+    builder = SectionBuilder()
     for element in main if main is not None else ():
         text = clean(" ".join("".join(element.itertext()).split()))
         if element.tag == "head":
-            flush(heading)
             rend = element.get("rend") or "h2"
             level = int(rend[1]) if rend[:1] == "h" and rend[1:2].isdigit() else 2
-            if level == 1 and title and text == title and not sections and not path:
-                heading = None  # the article's h1 repeats the title
+            if level == 1 and title and text == title and not builder.sections and not builder.path:
+                builder.close()  # the article's h1 repeats the title
                 continue
-            while path and path[-1][0] >= level:
-                path.pop()
-            path.append((level, text))
-            heading = text
+            builder.heading(level, text)
         elif text:
-            body.append(text)
-    flush(heading)
+            builder.add(text)
+    sections = builder.finish()
     return title, sections, metadata
 
 

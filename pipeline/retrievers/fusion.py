@@ -54,9 +54,16 @@ def reciprocal_rank_fusion(
 ) -> list[Hit]:
     """Fuse ranked lists of hits (matched by ``chunk_id``) by weighted RRF, ``sum_i w_i / (k + rank_i)``.
 
+    ``k`` flattens the difference between top and lower ranks; ``top_k`` keeps that many (all when None).
+
     Returns:
         New hits sorted by fused score (ties: the better best rank, then the earlier list); ``score``,
         ``retrieval_score`` and the ranks are the fused ones.
+
+    Example:
+        >>> a, b = _hit("x"), _hit("y")
+        >>> [(h.chunk_id, round(h.score, 4)) for h in reciprocal_rank_fusion([[a, b], [b]], [1.0, 1.0], k=60)]
+        [('y', 0.0325), ('x', 0.0164)]
     """
     _check(rankings, weights)
     fused: dict[str, float] = {}

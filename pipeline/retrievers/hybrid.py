@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Literal
 
 from pydantic import NonNegativeFloat, PositiveInt, model_validator
@@ -18,51 +17,8 @@ from pipeline.filters import Filter
 from pipeline.params import StageParams
 from pipeline.retrievers.bm25 import BM25Retriever, LexicalParams
 from pipeline.retrievers.dense import DenseRetriever
-from pipeline.retrievers.fusion import fuse
+from pipeline.retrievers.fusion import fuse, reciprocal_rank_fusion  # noqa: F401 - re-exported
 from pipeline.types import Hit
-
-
-def reciprocal_rank_fusion(
-    rankings: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = 60, top_k: int | None = None
-) -> list[Hit]:
-    """Fuse ranked lists of hits (matched by ``chunk_id``) into one list by weighted RRF.
-
-    Args:
-        rankings: one ranked list per retriever; a hit's place in its list is its rank (1-based).
-        weights: one weight per list (>= 0).
-        k: the RRF constant; larger values flatten the difference between top and lower ranks.
-        top_k: keep this many (all when None).
-
-    Returns:
-        New hits sorted by fused score (ties: the better best rank, then the earlier list); ``score``,
-        ``retrieval_score`` and the ranks are the fused ones.
-
-    Example:
-        >>> a, b = _hit("x"), _hit("y")
-        >>> [(h.chunk_id, round(h.score, 4)) for h in reciprocal_rank_fusion([[a, b], [b]], [1.0, 1.0], k=60)]
-        [('y', 0.0325), ('x', 0.0164)]
-    """
-    if len(rankings) != len(weights):
-        raise ValueError(f"got {len(rankings)} rankings but {len(weights)} weights")
-    fused: dict[str, float] = {}
-    first: dict[str, tuple[int, int, Hit]] = {}  # chunk_id -> (best rank, list index, hit)
-    for list_index, (ranking, weight) in enumerate(zip(rankings, weights)):
-        for rank, hit in enumerate(ranking, start=1):
-            fused[hit.chunk_id] = fused.get(hit.chunk_id, 0.0) + weight / (k + rank)
-            best = first.get(hit.chunk_id)
-            if best is None or rank < best[0]:
-                first[hit.chunk_id] = (rank, list_index, hit)
-    order = sorted(fused, key=lambda cid: (-fused[cid], first[cid][0], first[cid][1]))
-    if top_k is not None:
-        order = order[:top_k]
-    return [
-        replace(first[cid][2], score=fused[cid], rank=rank, retrieval_score=fused[cid], retrieval_rank=rank)
-        for rank, cid in enumerate(order, start=1)
-    ]
-
-
-def _hit(chunk_id: str) -> Hit:  # for the docstring example
-    return Hit(chunk_id, chunk_id, "", "", 0, 0.0, 1, 0.0, 1)
 
 
 class FusionWeights(StageParams):
