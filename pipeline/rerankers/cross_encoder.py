@@ -234,8 +234,9 @@ class CrossEncoderReranker:
         guard = self.language_guard
         readable = np.ones(sum(sizes), dtype=bool)
         if guard is not None:  # the language guard: only pairs in the model's languages are scored
-            readable = np.array([ok for q, ps in requests for ok in guard.readable_mask(q, ps)[0]], dtype=bool)
-            requests = [(q, [p for p, ok in zip(ps, guard.readable_mask(q, ps)[0]) if ok]) for q, ps in requests]
+            masks = [guard.readable_mask(q, ps)[0] for q, ps in requests]  # detected once per pair
+            readable = np.array([ok for mask in masks for ok in mask], dtype=bool)
+            requests = [(q, [p for p, ok in zip(ps, mask) if ok]) for (q, ps), mask in zip(requests, masks)]
         if not readable.any():
             return [np.full(size, np.nan, dtype=np.float32) for size in sizes]
         self._setup()
