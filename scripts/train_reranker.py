@@ -1,13 +1,7 @@
 #!/usr/bin/env python
 """Wrapper kept for the README's commands; the command itself is commands/train.py (console script: rag-train)."""
 
-import sys
-
-try:
-    from commands.train import cli
-except ModuleNotFoundError as exc:  # run outside the project's environment
-    sys.exit(f"error: cannot import '{exc.name}': the project is not installed in this Python ({sys.executable}). "
-             "Run 'make setup' and use .venv/bin/python, or install it with: pip install -e .")
+from _command import run
 
 if __name__ == "__main__":
-    cli()
+    run("train")
