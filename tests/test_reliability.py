@@ -80,11 +80,11 @@ def test_very_large_file_is_skipped_with_a_reason(tmp_path):
     ("docs", "error", "match"),
     [
         ({}, CorpusError, "no supported files"),
-        ({"x.pdf": "%PDF"}, CorpusError, "no supported files"),
+        ({"x.xyz": "data"}, CorpusError, "no supported files"),
+        ({"x.pdf": "%PDF"}, CorpusError, "no readable document"),  # a corrupt PDF is skipped with its reason
         ({"empty.txt": ""}, CorpusError, "no readable document"),
     ],
 )
-@pytest.mark.xfail(reason='expects the old no-supported-files message; PDFs are now read (issue 16)', strict=False)
 def test_bad_corpus_leaves_the_index_untouched(tmp_path, config_path, tiny_corpus, docs, error, match):
     config = load_config(config_path)
     good = build_index(tiny_corpus, config).version_dir
