@@ -14,6 +14,24 @@ from pipeline.types import Hit
 # Metrics of the final ranking (what the pipeline hands on) and of the first stage.
 FINAL_METRICS = ("ndcg@10", "mrr@10", "recall@5")
 CONTEXT_METRIC = "recall@context"
+CONTEXT_PRECISION = "precision@context"
+
+
+def context_precision(qrels: dict[str, dict[str, int]], passages: dict[str, list[str]]) -> dict[str, float]:
+    """Per query: the share of the context's passages (doc ids, one per passage) from a relevant document.
+
+    ``recall@context`` counts the relevant documents a generator sees; this counts how much of what it
+    reads is relevant, which a per-document cap can lower (a relevant document's second chunk replaced
+    by another document's chunk). An empty context scores 0.
+
+    Example:
+        >>> context_precision({"q": {"a": 1}}, {"q": ["a", "a", "b", "c"]})
+        {'q': 0.5}
+    """
+    return {
+        qid: (sum(qrels.get(qid, {}).get(doc, 0) > 0 for doc in docs) / len(docs) if docs else 0.0)
+        for qid, docs in passages.items()
+    }
 
 
 def fold_to_documents(hits: Iterable[Hit]) -> list[tuple[str, float]]:

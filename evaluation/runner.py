@@ -35,9 +35,11 @@ from evaluation.collection import Collection
 from evaluation.indexes import cached_index_path, ensure_index, index_digest, index_key
 from evaluation.metrics import (
     CONTEXT_METRIC,
+    CONTEXT_PRECISION,
     FINAL_METRICS,
     Comparison,
     compare_rankings,
+    context_precision,
     evaluate_rankings,
     fold_to_documents,
 )
@@ -158,6 +160,7 @@ class QueryRecord:
     final: list[str]  # doc ids of the final (reranked or retrieved) list
     context: list[str]  # doc ids within the first top_n chunks
     timings: dict[str, float]
+    context_passages: list[str] = field(default_factory=list)  # the doc id of each of those passages
 
 
 @dataclass
@@ -292,6 +295,7 @@ class Evaluator:
                 final=[d for d, _ in fold_to_documents(final)],
                 context=[d for d, _ in fold_to_documents(final[:top_n])],
                 timings=timings,
+                context_passages=[h.doc_id for h in final[:top_n]],
             )
         result.run_seconds = time.perf_counter() - start
         result.latency_ms = latency_summary([r.timings for r in result.records.values()])
@@ -396,8 +400,10 @@ def evaluate_configs(
             {q: r.first_stage for q, r in result.records.items()},
             [m.removeprefix("first_stage_") for m in first_metrics],
         )
-        result.metrics = {**final.means, CONTEXT_METRIC: context.means["recall"]}
-        result.per_query = {**final.per_query, CONTEXT_METRIC: context.per_query["recall"]}
+        precision = context_precision(collection.qrels, {q: r.context_passages for q, r in result.records.items()})
+        result.metrics = {**final.means, CONTEXT_METRIC: context.means["recall"],
+                          CONTEXT_PRECISION: float(np.mean(list(precision.values()))) if precision else 0.0}
+        result.per_query = {**final.per_query, CONTEXT_METRIC: context.per_query["recall"], CONTEXT_PRECISION: precision}
         for name in first_metrics:
             result.metrics[name] = first.means[name.removeprefix("first_stage_")]
             result.per_query[name] = first.per_query[name.removeprefix("first_stage_")]
@@ -414,7 +420,7 @@ def evaluate_configs(
         collection=collection,
         results=results,
         comparisons=comparisons,
-        metric_names=[*FINAL_METRICS, CONTEXT_METRIC, *first_metrics],
+        metric_names=[*FINAL_METRICS, CONTEXT_METRIC, CONTEXT_PRECISION, *first_metrics],
         stat_test=stat_test,
         max_p=max_p,
         seconds=seconds,

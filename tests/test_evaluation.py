@@ -245,7 +245,7 @@ def test_evaluate_script_end_to_end(tmp_path, tiny_collection, tiny_reranker_dir
     assert bm25["metrics"]["recall@5"] == pytest.approx(0.75)
     assert bm25["metrics"]["first_stage_recall@50"] == pytest.approx(0.75)
     for config in data["configs"]:
-        assert set(config["metrics"]) == {"ndcg@10", "mrr@10", "recall@5", "recall@context",
+        assert set(config["metrics"]) == {"ndcg@10", "mrr@10", "recall@5", "recall@context", "precision@context",
                                           "first_stage_recall@5", "first_stage_recall@50"}
         assert all(0 <= v <= 1 for v in config["metrics"].values())
         assert config["latency_ms"]["total"]["p95"] >= config["latency_ms"]["total"]["p50"] >= 0
@@ -256,7 +256,8 @@ def test_evaluate_script_end_to_end(tmp_path, tiny_collection, tiny_reranker_dir
     # the reranked configs share pairs: scored once, reused after; bm25-mixed (same model, weight 0)
     # scores nothing new, and with weight 0 it keeps BM25's order
     mixed = next(c for c in data["configs"] if c["name"] == "bm25-mixed")
-    assert mixed["metrics"] == bm25["metrics"] | {"recall@context": mixed["metrics"]["recall@context"]}
+    context = ("recall@context", "precision@context")  # top_n differs (bm25 alone keeps its own)
+    assert mixed["metrics"] == bm25["metrics"] | {m: mixed["metrics"][m] for m in context}
     assert data["reranker_pairs"]["reused"] > 0
     assert len(data["comparisons"]) == 15 * 3
     assert all(0 <= c["p_value"] <= 1 or c["p_value"] != c["p_value"] for c in data["comparisons"])
