@@ -33,6 +33,20 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 HALF_SPLIT = ("cacm", "npl", "time", "lisa")
 
 
+MAX_LOSS = 0.005  # the rule's bound on any one collection's dev loss against the first stage
+
+
+def choose_weight(gains: dict[float, list[float]]) -> float:
+    """The weight with the largest mean dev gain among those where no collection loses more than MAX_LOSS (0: none).
+
+    Example:
+        >>> choose_weight({0.0: [0, 0], 0.3: [0.02, -0.001], 0.5: [0.05, -0.02]})
+        0.3
+    """
+    safe = {w: float(np.mean(g)) for w, g in gains.items() if w > 0 and min(g) >= -MAX_LOSS}
+    return max(safe, key=safe.get) if safe and max(safe.values()) > 0 else 0.0
+
+
 def dev_half(query_ids: list[str], seed: int = 42) -> tuple[list[str], list[str]]:
     """A seeded half of ``query_ids`` as dev, the rest held out (both sorted)."""
     ids = sorted(query_ids)
@@ -78,6 +92,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "runs" / "reranker-dev"))
     parser.add_argument("--no-calibration", action="store_true", help="score with the plain sigmoid")
     parser.add_argument("--fit-calibration", action="store_true")
+    parser.add_argument("--mix", default="minmax", help="how the reranker's score enters the mix (mix_scores mode)")
     args = parser.parse_args()
     header("Reranker on dev queries: weights per first stage, calibration")
     from evaluation.metrics import evaluate_rankings, fold_to_documents
@@ -124,7 +139,7 @@ def main() -> int:
                                               for x, h in zip(logits, hits))
                     scores = calibration.apply(logits)
                     for w in WEIGHTS:
-                        mixed = mix_scores(scores, [h.retrieval_score for h in hits], w) if w > 0 else None
+                        mixed = mix_scores(scores, [h.retrieval_score for h in hits], w, args.mix) if w > 0 else None
                         ranked = rank_by_scores(hits, mixed, len(hits)) if w > 0 else list(hits)
                         rankings[w][qid] = [d for d, _ in fold_to_documents(ranked)]
                 table[(name, part, first)] = {
@@ -140,7 +155,10 @@ def main() -> int:
                 gains = {w: [r[w] - r[0.0] for r in rows] for w in WEIGHTS}
                 print(f"{part} {first}: mean gain over {len(rows)} collections "
                       + ", ".join(f"{w}: {np.mean(gains[w]):+.4f} (min {min(gains[w]):+.4f})" for w in WEIGHTS[1:]))
-    (out / "table.json").write_text(json.dumps({"|".join(k): v for k, v in table.items()}, indent=1))
+                if part == "dev":
+                    print(f"  chosen for {first}: {choose_weight(gains)} (rule: the largest mean gain among the weights "
+                          f"where no collection loses more than {MAX_LOSS})")
+    (out / f"table-{args.mix}.json").write_text(json.dumps({"|".join(k): v for k, v in table.items()}, indent=1))
     if args.fit_calibration and labelled["dev"]:
         x, y = (np.array(v) for v in zip(*labelled["dev"]))
         fitted = fit_platt(x, y)

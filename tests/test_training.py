@@ -105,6 +105,19 @@ def test_weight_is_the_cross_encoders_share_when_mixing():
     assert list(mix_scores([], [], 0.5)) == []
 
 
+def test_score_mix_lets_a_confident_reranker_move_the_order_and_an_unsure_one_barely():
+    first = [0.80, 0.78, 0.60]  # the first stage's best first
+    unsure = mix_scores([0.02, 0.03, 0.04], first, 0.8, mode="score")  # about the same probability everywhere
+    assert np.argsort(-unsure).tolist() == [0, 1, 2]  # the first stage's order stands
+    confident = mix_scores([0.05, 0.10, 0.90], first, 0.8, mode="score")
+    assert np.argsort(-confident).tolist() == [2, 1, 0]
+    # min-max mixing stretches the unsure reranker's 0.02 difference over the whole range: it reorders
+    assert np.argsort(-mix_scores([0.02, 0.03, 0.04], first, 0.8)).tolist() == [2, 1, 0]
+    assert mix_scores([0.2, 0.4], [1.0, 0.0], 1.0, mode="score") == pytest.approx([0.2, 0.4])
+    with pytest.raises(ValueError, match="mix mode must be one of minmax, score"):
+        mix_scores([0.1], [0.1], 0.5, mode="rank")
+
+
 def _old_interpolate(ce, first, first_weight) -> list[float]:
     """The mix training used before (the first stage's weight; constant lists scaled to 0), as an oracle."""
     def minmax(values):

@@ -102,7 +102,7 @@ def server(tmp_path_factory):
     # pinned here so that retuning the shipped config's backend or weight cannot change what the page shows.
     offline = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())
     offline["reranker"].update(model=str(ROOT / "models" / "minilm-reranker"), backend="torch", quantize="none",
-                               calibrate=False, weight=0.5)
+                               calibrate=False, weight=0.5, mix="minmax")
     offline_path = tmp / "offline.yaml"
     offline_path.write_text(yaml.safe_dump(offline))
     dense_only = yaml.safe_load(yaml.safe_dump(offline))
@@ -295,6 +295,27 @@ def test_reranker_off_and_controls_reach_the_server(server, browser):
     retrieved = browser.find_element(By.CSS_SELECTOR, "#results .column.retrieved")
     assert _docs(reranked) == _docs(retrieved)[:5]
     assert {m.text for m in reranked.find_elements(By.CSS_SELECTOR, ".move")} == {"="}
+
+
+def test_filter_box_restricts_the_sources_and_names_a_filter_that_matches_nothing(server, browser):
+    _open(browser, server)
+    box = browser.find_element(By.ID, "filter")
+    box.send_keys("source=health/*toxicity*  source=health/vitamin-c-*")
+    _ask(browser, QUERY)
+    _no_error(browser)
+    wanted = {"health/vitamin-d-toxicity.md", "health/vitamin-c-deficiency.md"}
+    retrieved = _docs(browser.find_element(By.CSS_SELECTOR, "#results .column.retrieved"))
+    reranked = _docs(browser.find_element(By.CSS_SELECTOR, "#results .column.reranked"))
+    assert set(retrieved) == wanted, retrieved  # both sources (either value of a key matches), nothing else
+    assert reranked and set(reranked) <= wanted, reranked
+    assert "filter=source" in browser.current_url  # a filtered question can be linked
+
+    box.clear()
+    box.send_keys("source=no-such-file.md")
+    _submit(browser, browser.find_element(By.ID, "ask-button").click)
+    error = browser.find_element(By.ID, "error")
+    assert error.is_displayed() and "no chunk matches the filter" in error.text, error.text
+    assert "422" in error.text
 
 
 def test_compare_mode_runs_two_configs_side_by_side(server, browser):

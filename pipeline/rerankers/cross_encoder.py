@@ -15,7 +15,8 @@ sigmoid so they fall in 0..1. The model is loaded with sentence-transformers'
   over module names), which stay fp32 (benchmarks/README.md measures both);
 * a CUDA out-of-memory error halves the batch and retries instead of failing;
 * ``weight`` is the cross-encoder's share of the final score: below 1 it mixes in
-  the first stage's (both min-max scaled, :func:`pipeline.scoring.mix_scores`), a
+  the first stage's (min-max scaled; the cross-encoder's calibrated score as it is, or
+  also min-max scaled with ``mix: minmax``, :func:`pipeline.scoring.mix_scores`), a
   cheap guard for a weak cross-encoder, chosen on held-out queries, never on test;
 * ``backend`` picks the runtime on the CPU: ``torch`` (the reference, and always
   on CUDA, in fp16), ``openvino`` or ``onnx`` (exported once and cached next to the
@@ -86,6 +87,10 @@ class CrossEncoderReranker:
         # projections, "encoder\.layer\.\d+\.output\.dense$" in BERT and XLM-R (closer scores, slower)
         quantize_skip: list[Annotated[str, AfterValidator(_check_regex)]] = []
         weight: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+        # how the cross-encoder's score enters the mix below weight 1 (pipeline.scoring.mix_scores):
+        # "score" as it is (a calibrated 0..1 probability: an unsure model barely moves the first stage's
+        # order), "minmax" stretched over 0..1 per query like the first stage's
+        mix: Literal["score", "minmax"] = "score"
         device: Annotated[str, AfterValidator(check_device_name)] = "auto"
         calibrate: bool = True  # apply the model folder's calibration.json (Platt scaling) when it has one
         threads: PositiveInt | None = None  # CPU threads of the openvino/onnx runtime (None: torch's count)
@@ -353,13 +358,13 @@ class CrossEncoderReranker:
         scores = np.asarray(scores, dtype=np.float32)
         skipped = np.isnan(scores)
         if skipped.any():
-            return rank_around_skipped(hits, scores, skipped, weight, top_n or self.params.top_n)
-        mixed = mix_scores(scores, [hit.retrieval_score for hit in hits], weight)
+            return rank_around_skipped(hits, scores, skipped, weight, top_n or self.params.top_n, self.params.mix)
+        mixed = mix_scores(scores, [hit.retrieval_score for hit in hits], weight, self.params.mix)
         return rank_by_scores(hits, mixed, top_n or self.params.top_n)
 
 
 def rank_around_skipped(
-    hits: Sequence[Hit], scores: np.ndarray, skipped: np.ndarray, weight: float, top_n: int
+    hits: Sequence[Hit], scores: np.ndarray, skipped: np.ndarray, weight: float, top_n: int, mode: str = "minmax"
 ) -> list[Hit]:
     """Skipped hits stay at their first-stage places; the scored ones fill the other places by mixed score.
 
@@ -367,7 +372,7 @@ def rank_around_skipped(
     """
     first = mix_scores(np.zeros(len(hits), dtype=np.float32), [hit.retrieval_score for hit in hits], 0.0)
     scored = [i for i in range(len(hits)) if not skipped[i]]
-    mixed = dict(zip(scored, mix_scores(scores[scored], [hits[i].retrieval_score for i in scored], weight)
+    mixed = dict(zip(scored, mix_scores(scores[scored], [hits[i].retrieval_score for i in scored], weight, mode)
                      if scored else []))
     queue = iter(sorted(scored, key=lambda i: (-mixed[i], hits[i].rank)))
     slots = sorted(range(len(hits)), key=lambda i: hits[i].rank)  # places in the first stage's order
