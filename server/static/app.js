@@ -15,6 +15,7 @@
   const topK = $("top-k");
   const topN = $("top-n");
   const weight = $("weight");
+  const filterInput = $("filter");
   const weightValue = $("weight-value");
   const errorBox = $("error");
   const statusLine = $("status");
@@ -241,6 +242,11 @@
     return data;
   }
 
+  /** The filter box's KEY=VALUE clauses (the server checks them and names what is wrong). */
+  function filterClauses() {
+    return filterInput.value.trim().split(/\s+/).filter(Boolean);
+  }
+
   /** The request for one config: values equal to that config's defaults are left to the server. */
   function askBody(query, configName) {
     const config = configByName(configName) || {};
@@ -259,6 +265,8 @@
     } else {
       body.reranker = false;
     }
+    const clauses = filterClauses();
+    if (clauses.length) body.filter = clauses;
     if ($("answer") && $("answer").checked) body.answer = true;
     return body;
   }
@@ -571,6 +579,7 @@
     if (topN.value && Number(topN.value) !== config.top_n) params.set("top_n", topN.value);
     if (Number(weight.value) !== (config.weight ?? 1)) params.set("weight", weight.value);
     if (config.reranker && !rerankerBox.checked) params.set("reranker", "off");
+    if (filterClauses().length) params.set("filter", filterClauses().join(" "));
     history.replaceState(null, "", `${location.pathname}?${params}`);
   }
 
@@ -589,6 +598,7 @@
     if (params.has("top_n")) topN.value = params.get("top_n");
     if (params.has("weight")) weight.value = params.get("weight");
     if (params.get("reranker") === "off") rerankerBox.checked = false;
+    if (params.has("filter")) filterInput.value = params.get("filter");
     syncControls();
     if (params.get("q")) {
       queryInput.value = params.get("q");
