@@ -17,6 +17,7 @@ rather than replacing it) and deletes it at the end.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import shutil
@@ -28,14 +29,20 @@ import numpy as np
 
 from pipeline.config import ChunkingParams, RayParams, StageConfig
 from pipeline.errors import ConfigError, MissingDependencyError, ServiceUnavailableError
-from pipeline.types import Chunk, Document
+from pipeline.types import Chunk, Document, Section
 
 logger = logging.getLogger(__name__)
 
 WORK_PREFIX = ".ray-"  # work folders under the index path; a killed build's are removed by the next one
 START_ATTEMPTS = 2  # a busy machine can make a local Ray miss its start-up window once
 MAX_TEMP_DIR = 50  # Ray adds ~55 characters of session and socket names below ray.temp_dir
-CHUNK_COLUMNS = ("doc_index", "position", "chunk_id", "doc_id", "text", "source", "start", "end", "title")
+CHUNK_COLUMNS = ("doc_index", "position", "chunk_id", "doc_id", "text", "source", "start", "end", "title", "page",
+                 "headings")
+
+
+def _sections_json(document: Document) -> str:
+    """A document's sections as JSON text (Arrow carries strings; the chunker actor rebuilds them)."""
+    return json.dumps([[s.text, s.page, list(s.headings)] for s in document.sections])
 
 
 def _import_ray():
@@ -62,8 +69,10 @@ class _Chunker:
 
         columns = batch.to_pydict()
         docs = [
-            Document(doc_id=d, text=t, title=ti, source=s)
-            for d, t, ti, s in zip(columns["doc_id"], columns["text"], columns["title"], columns["source"])
+            Document(doc_id=d, text=t, title=ti, source=s,
+                     sections=tuple(Section(text, page, tuple(headings)) for text, page, headings in json.loads(se)))
+            for d, t, ti, s, se in zip(columns["doc_id"], columns["text"], columns["title"], columns["source"],
+                                       columns["sections"])
         ]
         index_of = dict(zip(columns["doc_id"], columns["doc_index"]))
         out: dict[str, list] = {name: [] for name in CHUNK_COLUMNS}
@@ -71,8 +80,9 @@ class _Chunker:
         for chunk in chunk_documents(docs, self.embedder.tokenizer, c.size, c.overlap,
                                      max_length=self.embedder.max_length, enabled=c.enabled):
             out["doc_index"].append(index_of[chunk.doc_id])
-            for name in CHUNK_COLUMNS[1:]:
+            for name in CHUNK_COLUMNS[1:-1]:
                 out[name].append(getattr(chunk, name))
+            out["headings"].append(list(chunk.headings))
         import pyarrow as pa
 
         return pa.table(out)
@@ -179,6 +189,7 @@ class RayEngine:
             "text": [d.text for d in documents],
             "title": [d.title for d in documents],
             "source": [d.source for d in documents],
+            "sections": [_sections_json(d) for d in documents],
         })
         out = self.work_dir / "chunks"
         (
@@ -189,11 +200,13 @@ class RayEngine:
             .write_parquet(str(out))
         )
         records = pq.read_table(out).sort_by([("doc_index", "ascending"), ("position", "ascending")]).to_pydict()
-        return [
-            Chunk(chunk_id=c, doc_id=d, text=t, source=s, position=p, start=b, end=e, title=ti)
-            for c, d, t, s, p, b, e, ti in zip(
-                records["chunk_id"], records["doc_id"], records["text"], records["source"], records["position"],
-                records["start"], records["end"], records["title"],
+        return [  # the document's metadata is attached here, not shipped through Arrow and back
+            Chunk(chunk_id=c, doc_id=d, text=t, source=s, position=p, start=b, end=e, title=ti, page=pg,
+                  headings=tuple(h), metadata=documents[i].metadata)
+            for i, c, d, t, s, p, b, e, ti, pg, h in zip(
+                records["doc_index"], records["chunk_id"], records["doc_id"], records["text"], records["source"],
+                records["position"], records["start"], records["end"], records["title"], records["page"],
+                records["headings"],
             )
         ]
 

@@ -36,7 +36,6 @@ def short_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.xfail(reason='the Ray engine does not carry page/headings/metadata yet (issue 16, open)', strict=False)
 def test_ray_build_equals_single_process_build(tmp_path, tiny_corpus, tiny_embedder_dir, short_tmp):
     import ray
 
