@@ -18,7 +18,8 @@ CONTEXT_PRECISION = "precision@context"
 
 
 def context_precision(qrels: dict[str, dict[str, int]], passages: dict[str, list[str]]) -> dict[str, float]:
-    """Per query: the share of the context's passages (doc ids, one per passage) from a relevant document.
+    """Per query: the share of the context's chunks (their doc ids; a merged passage lists one per chunk) from a
+    relevant document.
 
     ``recall@context`` counts the relevant documents a generator sees; this counts how much of what it
     reads is relevant, which a per-document cap can lower (a relevant document's second chunk replaced

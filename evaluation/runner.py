@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from evaluation.metrics import (
     evaluate_rankings,
     fold_to_documents,
 )
-from pipeline.config import PipelineConfig, load_config
+from pipeline.config import ContextParams, PipelineConfig, load_config
+from pipeline.context import assemble_context
 from pipeline.errors import ConfigError
 from pipeline.types import Hit
 
@@ -160,7 +161,7 @@ class QueryRecord:
     final: list[str]  # doc ids of the final (reranked or retrieved) list
     context: list[str]  # doc ids within the first top_n chunks
     timings: dict[str, float]
-    context_passages: list[str] = field(default_factory=list)  # the doc id of each of those passages
+    context_passages: list[str] = field(default_factory=list)  # the doc id of each chunk in those passages
 
 
 @dataclass
@@ -261,7 +262,7 @@ class Evaluator:
         if config.reranker is not None:
             # Configs whose rerankers differ only in how scores are used (top_n, weight) share
             # one loaded model and one score cache: each pair is scored once.
-            settings = {k: v for k, v in config.reranker.to_dict().items() if k not in ("top_n", "weight")}
+            settings = {k: v for k, v in config.reranker.to_dict().items() if k not in ("top_n", "weight", "mix")}
             reranker_key = json.dumps(settings, sort_keys=True)
             if reranker_key not in self._scorers:
                 self._scorers[reranker_key] = (build_stage(config.reranker), ScoreCache())
@@ -274,7 +275,10 @@ class Evaluator:
         from tqdm.auto import tqdm
 
         result = ConfigResult(spec, config, index)
-        pipe = self.pipeline(config, Path(index["path"]))
+        # the pipeline ranks all top_k; the context (the first top_n, per-document cap, merged neighbours)
+        # is assembled from that ranking here, exactly as Pipeline.ask does with the config's top_n
+        assembly = config.context
+        pipe = self.pipeline(replace(config, context=ContextParams()), Path(index["path"]))
         top_k = config.retriever.params.top_k
         top_n = config.reranker.params.top_n if config.reranker is not None else pipe.top_n
         queries = self.collection.queries
@@ -290,12 +294,14 @@ class Evaluator:
                 timings["total"] += pipe.reranker.last_cost - timings["rerank"]
                 timings["rerank"] = pipe.reranker.last_cost
             final = answer.reranked if answer.reranked is not None else answer.retrieved
+            passages = (assemble_context(final, top_n, assembly.max_chunks_per_doc, assembly.merge_neighbours)
+                        if answer.reranked is not None else final[:top_n])
             result.records[qid] = QueryRecord(
                 first_stage=[d for d, _ in fold_to_documents(answer.retrieved)],
                 final=[d for d, _ in fold_to_documents(final)],
-                context=[d for d, _ in fold_to_documents(final[:top_n])],
+                context=[d for d, _ in fold_to_documents(passages)],
                 timings=timings,
-                context_passages=[h.doc_id for h in final[:top_n]],
+                context_passages=[h.doc_id for h in passages for _ in (h.positions or (h.position,))],
             )
         result.run_seconds = time.perf_counter() - start
         result.latency_ms = latency_summary([r.timings for r in result.records.values()])
