@@ -156,8 +156,8 @@ def main() -> int:
                 print(f"{part} {first}: mean gain over {len(rows)} collections "
                       + ", ".join(f"{w}: {np.mean(gains[w]):+.4f} (min {min(gains[w]):+.4f})" for w in WEIGHTS[1:]))
                 if part == "dev":
-                    print(f"  chosen for {first}: {choose_weight(gains)} (rule: the largest mean gain among the weights "
-                          f"where no collection loses more than {MAX_LOSS})")
+                    print(f"  chosen for {first}: {choose_weight(gains)} (rule: the largest mean gain among the "
+                          f"weights where no collection loses more than {MAX_LOSS})")
     (out / f"table-{args.mix}.json").write_text(json.dumps({"|".join(k): v for k, v in table.items()}, indent=1))
     if args.fit_calibration and labelled["dev"]:
         x, y = (np.array(v) for v in zip(*labelled["dev"]))

@@ -409,7 +409,8 @@ def evaluate_configs(
         precision = context_precision(collection.qrels, {q: r.context_passages for q, r in result.records.items()})
         result.metrics = {**final.means, CONTEXT_METRIC: context.means["recall"],
                           CONTEXT_PRECISION: float(np.mean(list(precision.values()))) if precision else 0.0}
-        result.per_query = {**final.per_query, CONTEXT_METRIC: context.per_query["recall"], CONTEXT_PRECISION: precision}
+        result.per_query = {**final.per_query, CONTEXT_METRIC: context.per_query["recall"],
+                            CONTEXT_PRECISION: precision}
         for name in first_metrics:
             result.metrics[name] = first.means[name.removeprefix("first_stage_")]
             result.per_query[name] = first.per_query[name.removeprefix("first_stage_")]
