@@ -80,9 +80,9 @@ class _Chunker:
         for chunk in chunk_documents(docs, self.embedder.tokenizer, c.size, c.overlap,
                                      max_length=self.embedder.max_length, enabled=c.enabled):
             out["doc_index"].append(index_of[chunk.doc_id])
-            for name in CHUNK_COLUMNS[1:-1]:
-                out[name].append(getattr(chunk, name))
-            out["headings"].append(list(chunk.headings))
+            for name in CHUNK_COLUMNS[1:]:
+                value = getattr(chunk, name)
+                out[name].append(list(value) if name == "headings" else value)  # Arrow takes a list, not a tuple
         import pyarrow as pa
 
         return pa.table(out)

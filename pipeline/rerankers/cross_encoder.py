@@ -364,7 +364,7 @@ class CrossEncoderReranker:
 
 
 def rank_around_skipped(
-    hits: Sequence[Hit], scores: np.ndarray, skipped: np.ndarray, weight: float, top_n: int, mode: str = "minmax"
+    hits: Sequence[Hit], scores: np.ndarray, skipped: np.ndarray, weight: float, top_n: int, mode: str
 ) -> list[Hit]:
     """Skipped hits stay at their first-stage places; the scored ones fill the other places by mixed score.
 
