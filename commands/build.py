@@ -75,7 +75,32 @@ def main(argv=None) -> int:
             print(f"  not read (no reader for this format): {name}")
     for name in report.removed:
         print(f"  removed old version {report.path / name}")
+    _prepare_reranker(config)
     return 0
+
+
+def _prepare_reranker(config) -> None:
+    """Load the config's reranker once, so that a one-time CPU export (OpenVINO/ONNX int8) happens at
+    build time and not on the first question. A reranker that cannot load is a warning here (the
+    index is built); asking will report it."""
+    if config.reranker is None:
+        return
+    import time
+
+    from pipeline.errors import RagError
+    from pipeline.pipeline import build_stage
+
+    start = time.perf_counter()
+    try:
+        stage = build_stage(config.reranker).load()
+    except RagError as exc:
+        print(f"warning: the reranker did not load ({exc}); asking will fail until it does", file=sys.stderr)
+        return
+    backend = getattr(stage, "backend_used", None)
+    if backend is not None:
+        why = getattr(stage, "backend_reason", None)
+        print(f"reranker ready: {backend} backend, quantize {config.reranker.params.quantize}"
+              + (f" ({why})" if why else "") + f", {time.perf_counter() - start:.1f}s")
 
 
 def _by_extension(names: list[str]) -> str:

