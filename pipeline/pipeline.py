@@ -16,7 +16,8 @@ from pipeline.config import PipelineConfig, StageConfig, load_config
 from pipeline.context import assemble_context
 from pipeline.errors import ConfigError, IndexMismatchError, InputError, RagError, StageError
 from pipeline.filters import Filter
-from pipeline.protocols import Embedder, Generator, Reranker, Retriever
+from pipeline.protocols import Embedder, Generator, Retriever, Scorer
+from pipeline.scoring import RankSettings, rank_hits
 from pipeline.store import IndexBundle, load_index
 from pipeline.types import Answer, Hit, PipelineResult
 
@@ -59,7 +60,9 @@ class Pipeline:
     ) -> None:
         """``stages`` optionally hands in already-built stages by name (``embedder``, ``index``,
         ``retriever``, ``reranker``) so several pipelines can share loaded models and indexes, as
-        :mod:`evaluation` does; a given ``index`` is used as is (its manifest is not re-checked).
+        :mod:`evaluation` does; a given ``index`` is used as is (its manifest is not re-checked). A given
+        ``reranker`` is any :class:`~pipeline.protocols.Scorer` with a ``load()``; the ranking settings
+        (``top_n``, ``weight``, ``mix``) are always this config's.
         """
         self.config = config
         self.index_path = Path(index_path or config.index.params.path)
@@ -96,7 +99,9 @@ class Pipeline:
         return build_stage(self.config.retriever, **deps)
 
     @cached_property
-    def reranker(self) -> Reranker | None:
+    def reranker(self) -> Scorer | None:
+        """What scores the candidates: the configured reranker stage, or a scorer handed in as ``stages``
+        (a server's batching queue, an evaluation cache); the config's ``reranker`` settings rank."""
         return build_stage(self.config.reranker) if self.config.reranker is not None else None
 
     @cached_property
@@ -208,11 +213,14 @@ class Pipeline:
             context = self.config.context
             # every candidate is scored anyway; keeping them all lets the per-document cap fill top_n
             keep = len(retrieved) if context.max_chunks_per_doc is not None else top_n
-            reranked = self._run("reranker", lambda: self.reranker.rerank(query, retrieved, max(keep, 1), weight))
+            # the config's settings rank, whatever scorer (the stage, a server's queue, a cache) scores
+            settings = RankSettings.from_params(self.config.reranker.params, max(keep, 1), weight)
+            texts = [hit.text for hit in retrieved]
+            scores = self._run("reranker", lambda: self.reranker.score(query, texts))
+            reranked = rank_hits(retrieved, scores, settings)
             reranked = assemble_context(reranked, top_n, context.max_chunks_per_doc, context.merge_neighbours)
             timings["rerank"] = time.perf_counter() - begin
-            skip_note = getattr(self.reranker, "skip_note", None)  # the language guard's count, if it has one
-            note = skip_note(query, [hit.text for hit in retrieved]) if skip_note is not None else None
+            note = self._run("reranker", lambda: self.reranker.skip_note(query, texts))
             notes = (note,) if note else ()
         timings["total"] = time.perf_counter() - start
         logger.debug("timings for %r: %s", query, timings)

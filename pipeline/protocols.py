@@ -24,7 +24,7 @@ Constructors by kind (what :func:`pipeline.pipeline.build_stage` passes):
 embedder   ``cls(params)``
 index      ``cls(params)``
 retriever  ``cls(params, **{name: ... for name in cls.requires})``
-reranker   ``cls(params)``
+reranker   ``cls(params)`` (a :class:`Scorer`; ``Params`` from ``RerankerParams``)
 generator  ``cls(params, **{name: ... for name in cls.requires})``
 =========  =====================================================
 
@@ -39,7 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from pipeline.types import Answer, Hit
+from pipeline.types import DEFAULT_SCORE_OPTIONS, Answer, Hit, ScoreOptions
 
 
 @runtime_checkable
@@ -131,25 +131,57 @@ class Retriever(Protocol):
 
 
 @runtime_checkable
-class Reranker(Protocol):
-    """The second stage: rescore the candidates and keep the best ``top_n``."""
+class Scorer(Protocol):
+    """Scores (query, passage) pairs: the part of a reranker that runs a model, and all a caller needs.
+
+    A reranker stage is a scorer; so is anything that adds one concern in front of one (the
+    server's micro-batching queue, the evaluator's score cache, training's model in memory): it
+    implements this protocol by forwarding, never by copying a method of the stage it wraps.
+    Ranking is not a scorer's business: :func:`pipeline.scoring.rank_hits` turns the scores into
+    a list with the config's settings. Only :meth:`score` is required; a class that subclasses
+    ``Scorer`` inherits the defaults of the other methods.
+    """
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """Relevance of each passage to ``query``: float32 in 0..1, in input order.
+
+        NaN for a pair the scorer chose not to score (it keeps its first-stage place when ranked);
+        the reason is :meth:`skip_note`'s.
+        """
+
+    def score_many(
+        self, requests: Sequence[tuple[str, Sequence[str]]], options: ScoreOptions = DEFAULT_SCORE_OPTIONS
+    ) -> list[np.ndarray]:
+        """:meth:`score` for several ``(query, passages)`` requests, one array each, in order.
+
+        ``options`` (raw scores, long passages) are honoured where the scorer can; this default scores
+        each request with :meth:`score` and ignores them (no model window, no raw score apart from the
+        score). A model scorer overrides it to batch all pairs together.
+        """
+        return [np.asarray(self.score(query, passages), dtype=np.float32) for query, passages in requests]
+
+    def skip_note(self, query: str, passages: Sequence[str]) -> str | None:
+        """One line saying which passages :meth:`score` leaves unscored and why, or None (the default)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What scores: at least ``type``; a model scorer adds ``model`` and its ``max_length`` in tokens."""
+        return {"type": type(self).__name__}
+
+
+@runtime_checkable
+class Reranker(Scorer, Protocol):
+    """The second stage: a :class:`Scorer` built from a ``reranker:`` section.
+
+    Its ``Params`` derive from :class:`pipeline.params.RerankerParams` (``top_n``, ``weight``,
+    ``mix``): the pipeline ranks the candidates with :func:`pipeline.scoring.rank_hits` and those
+    settings, the first stage's scores mixed in.
+    """
 
     params: Any
 
     def load(self) -> Reranker:
         """Load the model now."""
-
-    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
-        """Relevance of each passage to ``query``: float32 in 0..1, in input order."""
-
-    def rerank(
-        self, query: str, hits: Sequence[Hit], top_n: int | None = None, weight: float | None = None
-    ) -> list[Hit]:
-        """New hits sorted by score, the first ``top_n`` kept; ``retrieval_*`` fields unchanged.
-
-        ``weight`` (default ``params.weight``) is the reranker's share of the final score; the
-        rest is the first stage's (:func:`pipeline.scoring.mix_scores`).
-        """
 
 
 @runtime_checkable

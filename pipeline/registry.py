@@ -8,6 +8,7 @@ loader only ever looks names up here; it never imports a dotted path from YAML.
 from __future__ import annotations
 
 from pipeline.errors import ConfigError
+from pipeline.params import RerankerParams
 from pipeline.stages import BUILTIN
 
 KINDS = ("embedder", "index", "retriever", "reranker", "generator")
@@ -31,11 +32,24 @@ def register(kind: str, name: str, cls: type) -> type:
         raise TypeError(f"{cls.__name__} must define a nested Params model")
     if kind == "retriever" and not set(getattr(cls, "requires", ("?",))) <= {"embedder", "index"}:
         raise TypeError(f"{cls.__name__} must declare requires = a tuple of 'embedder' and/or 'index'")
+    if kind == "reranker":
+        _check_reranker(cls)
     existing = _TABLE[kind].get(name)
     if existing is not None and existing is not cls:
         raise ValueError(f"{kind} type {name!r} is already registered by {existing.__name__}")
     _TABLE[kind][name] = cls
     return cls
+
+
+def _check_reranker(cls: type) -> None:
+    """A reranker is a :class:`~pipeline.protocols.Scorer` whose ``Params`` carry the ranking settings."""
+    if not (isinstance(cls.Params, type) and issubclass(cls.Params, RerankerParams)):
+        raise TypeError(f"{cls.__name__}.Params must derive from pipeline.params.RerankerParams "
+                        "(top_n, weight, mix: how the pipeline ranks with its scores)")
+    missing = [name for name in ("load", "score", "score_many", "skip_note", "describe") if not hasattr(cls, name)]
+    if missing:
+        raise TypeError(f"{cls.__name__} lacks {', '.join(missing)}: subclass pipeline.protocols.Scorer, which "
+                        "gives the optional methods their defaults, and define load() and score()")
 
 
 def unregister(kind: str, name: str) -> None:

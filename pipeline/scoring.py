@@ -1,5 +1,11 @@
 """The one place where a reranker's scores are mixed with the first stage's and turned into a ranking.
 
+Scoring and ranking are separate concerns: a scorer (:class:`pipeline.protocols.Scorer`) gives each
+(query, passage) pair a score, and :func:`rank_hits` turns the candidates and those scores into the
+final list, a pure function of (hits, scores, :class:`RankSettings`). The settings are the config's
+(``reranker.top_n``, ``weight``, ``mix``), never the scorer's, so configs that share one loaded model
+(the server, the evaluator) each rank with their own.
+
 ``weight`` is the reranker's share everywhere (stage, evaluation, training, configs):
 ``1.0`` ranks by the reranker alone, ``0.0`` keeps the first stage's order.
 """
@@ -7,7 +13,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -62,3 +69,66 @@ def rank_by_scores(hits: Sequence[Hit], scores: Sequence[float], top_n: int | No
     if top_n is not None:
         order = order[:top_n]
     return [replace(hits[i], score=float(scores[i]), rank=rank) for rank, i in enumerate(order, start=1)]
+
+
+@dataclass(frozen=True, slots=True)
+class RankSettings:
+    """How scores become a ranking: keep ``top_n``, the reranker's share ``weight``, the ``mix`` mode."""
+
+    top_n: int
+    weight: float = 1.0
+    mix: str = "score"
+
+    def __post_init__(self) -> None:
+        if self.top_n < 1:
+            raise ValueError(f"top_n must be positive, got {self.top_n!r}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"weight must be from 0 to 1, got {self.weight!r}")
+        if self.mix not in MIX_MODES:
+            raise ValueError(f"mix mode must be one of {', '.join(MIX_MODES)}, got {self.mix!r}")
+
+    @classmethod
+    def from_params(cls, params: Any, top_n: int | None = None, weight: float | None = None) -> RankSettings:
+        """A reranker section's settings (a :class:`pipeline.params.RerankerParams`), with per-call overrides."""
+        return cls(params.top_n if top_n is None else top_n, params.weight if weight is None else weight, params.mix)
+
+
+def rank_hits(hits: Sequence[Hit], scores: Sequence[float], settings: RankSettings) -> list[Hit]:
+    """New hits ordered by reranker ``scores`` mixed with the first stage's, the first ``settings.top_n`` kept.
+
+    ``scores[i]`` is the reranker's score of ``hits[i]``; ``retrieval_*`` fields are kept, ``score`` is the
+    mixed score and ``rank`` the new place. A NaN score (a pair the scorer did not score, such as one the
+    language guard kept from the model) gets weight 0: that hit keeps its place in the first stage's order,
+    and the scored hits are reordered around it. A pure function: the same input gives the same list.
+
+    Example:
+        >>> hits = [Hit(f"c{i}", f"d{i}", "", "", 0, 1.0 - i / 10, i, 1.0 - i / 10, i) for i in (1, 2, 3)]
+        >>> [h.chunk_id for h in rank_hits(hits, [0.1, 0.9, float("nan")], RankSettings(top_n=3))]
+        ['c2', 'c1', 'c3']
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    if len(scores) != len(hits):
+        raise ValueError(f"got {len(scores)} scores for {len(hits)} hits")
+    skipped = np.isnan(scores)
+    if skipped.any():
+        return rank_around_skipped(hits, scores, skipped, settings.weight, settings.top_n, settings.mix)
+    mixed = mix_scores(scores, [hit.retrieval_score for hit in hits], settings.weight, settings.mix)
+    return rank_by_scores(hits, mixed, settings.top_n)
+
+
+def rank_around_skipped(
+    hits: Sequence[Hit], scores: np.ndarray, skipped: np.ndarray, weight: float, top_n: int, mode: str
+) -> list[Hit]:
+    """Skipped hits stay at their first-stage places; the scored ones fill the other places by mixed score.
+
+    A skipped hit's ``score`` is its min-max scaled first-stage score (weight 0).
+    """
+    first = mix_scores(np.zeros(len(hits), dtype=np.float32), [hit.retrieval_score for hit in hits], 0.0)
+    scored = [i for i in range(len(hits)) if not skipped[i]]
+    mixed = dict(zip(scored, mix_scores(scores[scored], [hits[i].retrieval_score for i in scored], weight, mode)
+                     if scored else []))
+    queue = iter(sorted(scored, key=lambda i: (-mixed[i], hits[i].rank)))
+    slots = sorted(range(len(hits)), key=lambda i: hits[i].rank)  # places in the first stage's order
+    order = [i if skipped[i] else next(queue) for i in slots][:top_n]
+    return [replace(hits[i], score=float(first[i] if skipped[i] else mixed[i]), rank=rank)
+            for rank, i in enumerate(order, start=1)]

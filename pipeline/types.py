@@ -191,3 +191,34 @@ class Answer:
     def cited_passages(self) -> list[Hit]:
         """The passages behind :attr:`cited`, in the same order."""
         return [self.passages[n - 1] for n in self.cited]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreOptions:
+    """How a scorer treats one request's passages (what the HTTP rerank APIs let callers choose).
+
+    ``raw``: the model's raw score (a cross-encoder's logit) instead of the calibrated 0..1 one.
+    ``long``: what to do with a passage longer than the model's window: ``"truncate"`` keeps what
+    fits (from ``side``: ``"right"`` cuts the end, ``"left"`` the beginning), ``"windows"`` scores
+    overlapping windows of the model's length and gives the passage its best window's score,
+    ``"error"`` refuses it (:class:`~pipeline.errors.InputError`); None: the scorer's own setting.
+    ``max_tokens``: each passage is first cut to this many tokens (None: no cut).
+
+    A scorer without a token window (a toy, or a remote API) may ignore ``long`` and ``max_tokens``.
+    """
+
+    raw: bool = False
+    long: str | None = None
+    side: str = "right"
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.long not in (None, "truncate", "windows", "error"):
+            raise ValueError(f"long must be truncate, windows or error, got {self.long!r}")
+        if self.side not in ("right", "left"):
+            raise ValueError(f"side must be right or left, got {self.side!r}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be positive, got {self.max_tokens!r}")
+
+
+DEFAULT_SCORE_OPTIONS = ScoreOptions()

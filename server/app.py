@@ -228,7 +228,8 @@ def create_app(
                 "name": served.name,
                 "default": served.name == pipelines.default,
                 "reranker": reranker is not None,
-                "reranker_model": reranker.params.model if reranker is not None else None,
+                "reranker_model": (served.pipeline.reranker.describe().get("model")
+                                   if reranker is not None and served.pipeline is not None else None),
                 "retriever": config.retriever.type,
                 "top_k": config.retriever.params.top_k,
                 "top_n": reranker.params.top_n if reranker is not None else None,

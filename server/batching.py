@@ -1,12 +1,18 @@
 """Micro-batching of cross-encoder calls: pairs of concurrent requests scored in one batch.
 
-Request threads call :meth:`MicroBatcher.score`; one worker thread takes the
-first waiting request, waits up to ``wait_ms`` for others (up to ``max_pairs``
-pairs in all), scores them together with the reranker's ``score_many`` and
-hands each request its scores. At most ``max_queue`` requests wait; beyond
-that :class:`QueueFullError` (the server answers 503 with Retry-After), so
-memory stays bounded under any load. The worker is the only thread that runs
-the model, which also keeps the tokenizer single-threaded.
+:class:`MicroBatcher` is a :class:`~pipeline.protocols.Scorer` in front of the
+loaded reranker: hand it to ``Pipeline(stages={"reranker": batcher})`` and the
+pipeline ranks with its config's settings. Request threads call ``score`` (or
+``score_many``); one worker thread takes the first waiting request, waits up to
+``wait_ms`` for others with the same :class:`~pipeline.types.ScoreOptions` (up to
+``max_pairs`` pairs in all), scores them together with the scorer's
+``score_many`` and hands each request its scores. A request of more than
+``max_pairs`` passages is split into parts of ``max_pairs``, queued one after
+the other, so a long candidate list is served in batches and others' requests
+are not stuck behind it. At most ``max_queue`` parts wait; beyond that
+:class:`QueueFullError` (the server answers 503 with Retry-After), so memory
+stays bounded under any load. The worker is the only thread that runs the
+model, which also keeps the tokenizer single-threaded.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import RagError
-from pipeline.types import Hit
+from pipeline.protocols import Scorer
+from pipeline.types import DEFAULT_SCORE_OPTIONS, ScoreOptions
 
 logger = logging.getLogger(__name__)
 
@@ -32,30 +39,31 @@ class QueueFullError(RagError):
 
 
 class _Request:
-    __slots__ = ("future", "passages", "query", "queued_at")
+    __slots__ = ("future", "options", "passages", "query", "queued_at")
 
-    def __init__(self, query: str, passages: Sequence[str]) -> None:
+    def __init__(self, query: str, passages: Sequence[str], options: ScoreOptions) -> None:
         self.query = query
         self.passages = passages
+        self.options = options
         self.future: Future = Future()
         self.queued_at = time.perf_counter()
 
 
-class MicroBatcher:
-    """Scores ``(query, passages)`` requests of many threads in shared batches.
+class MicroBatcher(Scorer):
+    """A :class:`~pipeline.protocols.Scorer` that scores requests of many threads in shared batches.
 
     Args:
-        reranker: a loaded reranker; ``score_many`` is used when it has one, else ``score`` per request.
+        reranker: the loaded scorer (a reranker stage) whose ``score_many`` runs the batches.
         wait_ms: how long the first request of a batch waits for company.
-        max_pairs: pairs per batch (a larger single request is scored alone).
-        max_queue: requests allowed to wait; one more raises :class:`QueueFullError`.
+        max_pairs: pairs per batch (a larger request is split into parts of this size).
+        max_queue: requests (parts) allowed to wait; more raise :class:`QueueFullError`.
         enabled: False scores each request alone, one at a time (no waiting), for comparison.
         on_batch: called with (requests, pairs, seconds) after each batch (metrics).
     """
 
     def __init__(
         self,
-        reranker: Any,
+        reranker: Scorer,
         *,
         wait_ms: float = 2.0,
         max_pairs: int = 256,
@@ -81,39 +89,65 @@ class MicroBatcher:
         """Requests waiting to be scored."""
         return len(self._pending) if self.enabled else self._waiting
 
+    def load(self) -> MicroBatcher:
+        """Load the scorer's model now."""
+        self.reranker.load()
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return self.reranker.describe()
+
+    def skip_note(self, query: str, passages: Sequence[str]) -> str | None:
+        return self.reranker.skip_note(query, passages)
+
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """Relevance of each passage to ``query`` (float32 0..1, input order), batched with other callers.
 
         Raises:
             QueueFullError: ``max_queue`` requests are already waiting.
         """
+        return self.score_many([(query, passages)])[0]
+
+    def score_many(
+        self, requests: Sequence[tuple[str, Sequence[str]]], options: ScoreOptions = DEFAULT_SCORE_OPTIONS
+    ) -> list[np.ndarray]:
+        """The scorer's ``score_many``, each request's parts of at most ``max_pairs`` queued with other callers'.
+
+        Raises:
+            QueueFullError: the queue cannot take the parts of these requests now.
+        """
         if not self.enabled:
-            return self._score_alone(query, passages)
-        request = _Request(query, list(passages))
+            return self._score_alone(requests, options)
+        parts = [[_Request(query, list(passages[i: i + self.max_pairs]), options)
+                  for i in range(0, max(len(passages), 1), self.max_pairs)] for query, passages in requests]
+        queued = [part for request in parts for part in request]
         with self._cond:
             if self._closed:
                 raise QueueFullError("the server is shutting down")
-            if len(self._pending) >= self.max_queue:
+            if self._pending and len(self._pending) + len(queued) > self.max_queue:  # (alone, a long one fits)
                 raise QueueFullError(f"{len(self._pending)} requests are waiting for the reranker; retry shortly")
-            self._pending.append(request)
+            self._pending.extend(queued)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="rerank-batcher", daemon=True)
                 self._thread.start()
             self._cond.notify()
-        return request.future.result()
+        return [np.concatenate([part.future.result() for part in request]).astype(np.float32, copy=False)
+                for request in parts]
 
-    def _score_alone(self, query: str, passages: Sequence[str]) -> np.ndarray:
+    def _score_alone(self, requests: Sequence[tuple[str, Sequence[str]]], options: ScoreOptions) -> list[np.ndarray]:
         with self._cond:
             if self._waiting >= self.max_queue:
                 raise QueueFullError(f"{self._waiting} requests are waiting for the reranker; retry shortly")
             self._waiting += 1
         try:
             with self._solo:
-                start = time.perf_counter()
-                scores = self.reranker.score(query, passages)
-                if self.on_batch:
-                    self.on_batch(1, len(passages), time.perf_counter() - start)
-                return scores
+                out = []
+                for query, passages in requests:
+                    start = time.perf_counter()
+                    out.append(self.reranker.score_many([(query, passages)], options)[0])
+                    if self.on_batch:
+                        self.on_batch(1, len(passages), time.perf_counter() - start)
+                return out
         finally:
             with self._cond:
                 self._waiting -= 1
@@ -155,40 +189,17 @@ class MicroBatcher:
                 if left <= 0 or sum(len(r.passages) for r in self._pending) >= self.max_pairs:
                     break
                 self._cond.wait(left)
-            batch = [self._pending.popleft()]
-            pairs = len(batch[0].passages)
-            while self._pending and pairs + len(self._pending[0].passages) <= self.max_pairs:
+            first = self._pending.popleft()
+            batch, pairs, later = [first], len(first.passages), []
+            while self._pending and pairs < self.max_pairs:  # the same options, in arrival order
                 request = self._pending.popleft()
-                pairs += len(request.passages)
-                batch.append(request)
+                if request.options == first.options and pairs + len(request.passages) <= self.max_pairs:
+                    pairs += len(request.passages)
+                    batch.append(request)
+                else:
+                    later.append(request)
+            self._pending.extendleft(reversed(later))
             return batch
 
     def _score_batch(self, batch: list[_Request]) -> list[np.ndarray]:
-        score_many = getattr(self.reranker, "score_many", None)
-        if score_many is not None:
-            return score_many([(r.query, r.passages) for r in batch])
-        return [self.reranker.score(r.query, r.passages) for r in batch]
-
-
-class BatchedReranker:
-    """A reranker stage whose scoring goes through a :class:`MicroBatcher`; hand it to ``Pipeline(stages=)``.
-
-    Ranking (score mixing, ``top_n``) is the wrapped stage's own ``rank``; only ``score`` is shared.
-    """
-
-    def __init__(self, inner: Any, batcher: MicroBatcher) -> None:
-        self.inner = inner
-        self.batcher = batcher
-        self.params = inner.params
-
-    def load(self) -> BatchedReranker:
-        self.inner.load()
-        return self
-
-    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
-        return self.batcher.score(query, passages)
-
-    def rerank(
-        self, query: str, hits: Sequence[Hit], top_n: int | None = None, weight: float | None = None
-    ) -> list[Hit]:
-        return self.inner.rank(hits, self.score(query, [hit.text for hit in hits]), top_n, weight)
+        return self.reranker.score_many([(r.query, r.passages) for r in batch], batch[0].options)

@@ -2,10 +2,12 @@
 
 Every config the server was started with is a named pipeline. Stages with equal
 settings are built once and shared (the embedder by its section; the
-cross-encoder model by its section less ``top_n``/``weight``, which stay per
-config; an index version by path, settings and version). Each cross-encoder
-model gets one :class:`~server.batching.MicroBatcher`, so concurrent requests of
-every config share its batches.
+cross-encoder model by its section less ``top_n``/``weight``/``mix``, the ranking
+settings, which stay per config; an index version by path, settings and version).
+Each cross-encoder model gets one :class:`~server.batching.MicroBatcher`, a
+:class:`~pipeline.protocols.Scorer` handed to every pipeline that uses the model,
+so concurrent requests of every config share its batches, and each pipeline ranks
+with its own config's settings.
 
 Hot swap: :meth:`PipelineSet.get` reads the index's ``CURRENT`` pointer (a tiny
 file) on every request; when it names another version than the pipeline in use,
@@ -29,11 +31,11 @@ from pipeline.config import PipelineConfig, ServerParams
 from pipeline.errors import ConfigError, RagError
 from pipeline.pipeline import Pipeline, build_stage
 from pipeline.store import current_version
-from server.batching import BatchedReranker, MicroBatcher
+from server.batching import MicroBatcher
 
 logger = logging.getLogger(__name__)
 
-PER_CALL_RERANKER_KEYS = ("top_n", "weight")
+RANKING_KEYS = ("top_n", "weight", "mix")  # a config's own; the model (and its batcher) is shared
 
 
 class NotReadyError(RagError):
@@ -49,19 +51,6 @@ class Served:
     index_path: Path
     pipeline: Pipeline | None = None
     failed_version: str | None = None  # a version that failed to load; not retried until CURRENT moves again
-
-
-class ConfiguredReranker(BatchedReranker):
-    """The shared, batched cross-encoder with one config's own ``top_n`` and ``weight``."""
-
-    def __init__(self, inner: Any, batcher: MicroBatcher, params: Any) -> None:
-        super().__init__(inner, batcher)
-        self.params = params
-
-    def rerank(self, query, hits, top_n=None, weight=None):
-        top_n = self.params.top_n if top_n is None else top_n
-        weight = self.params.weight if weight is None else weight
-        return super().rerank(query, hits, top_n, weight)
 
 
 class PipelineSet:
@@ -179,8 +168,9 @@ class PipelineSet:
         self._indexes[index_key] = (pipe.version, pipe.index)
         return pipe
 
-    def _reranker(self, config: PipelineConfig) -> ConfiguredReranker:
-        model_settings = {k: v for k, v in config.reranker.to_dict().items() if k not in PER_CALL_RERANKER_KEYS}
+    def _reranker(self, config: PipelineConfig) -> MicroBatcher:
+        """The batching scorer in front of the config's reranker model, shared by configs of equal model settings."""
+        model_settings = {k: v for k, v in config.reranker.to_dict().items() if k not in RANKING_KEYS}
         key = _key(model_settings)
         inner = self._shared("reranker", model_settings, lambda: build_stage(config.reranker).load())
         batcher = self._batchers.get(key)
@@ -190,7 +180,7 @@ class PipelineSet:
                 inner, wait_ms=s.batch_wait_ms, max_pairs=s.max_batch_pairs, max_queue=s.max_queue,
                 enabled=s.micro_batching, on_batch=self._on_batch,
             )
-        return ConfiguredReranker(inner, batcher, config.reranker.params)
+        return batcher
 
     def _shared(self, kind: str, settings: dict[str, Any], build: Callable[[], Any]) -> Any:
         key = (kind, _key(settings))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import pytest
 
 from indexer.build import build_index
 from pipeline import ConfigError, Pipeline, registry
 from pipeline.config import load_config
+from pipeline.params import StageParams
 from pipeline.protocols import Embedder, Reranker, Retriever, VectorIndex
 from tests.conftest import ROOT, write_config
 
@@ -121,3 +124,86 @@ def test_a_script_outside_the_environment_says_how_to_set_it_up(script, tmp_path
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "make setup" in done.stderr and "pip install -e ." in done.stderr
+
+
+def _example_config(tmp_path, tiny_embedder_dir):
+    config = write_config(tmp_path / "custom.yaml", str(tiny_embedder_dir), tmp_path / "index",
+                          retriever={"type": "keyword", "top_k": 6},
+                          context={"max_chunks_per_doc": None, "merge_neighbours": False})
+    text = config.read_text(encoding="utf-8").replace("reranker:\n  enabled: false\n",
+                                                      "reranker:\n  type: shortest-first\n  top_n: 2\n")
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+def test_worked_example_runs_under_the_server(example_stages, tmp_path, tiny_embedder_dir, tiny_corpus):
+    """The example reranker defines score() only; the server's queue and routes need nothing more."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from server import create_app
+
+    config = _example_config(tmp_path, tiny_embedder_dir)
+    build_index(tiny_corpus, load_config(config))
+    with TestClient(create_app({"custom": load_config(config)})) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        body = client.post("/v1/ask", json={"query": "vitamin D deficiency bones"}).json()
+        lengths = [len(h["text"].split()) for h in body["reranked"]]
+        assert len(lengths) == 2 and lengths == sorted(lengths) and body["notes"] == []
+        docs = ["a long passage of seven words here", "short one", "three words here"]
+        ranked = client.post("/v1/rerank", json={"query": "q", "documents": docs}).json()["results"]
+        assert [r["index"] for r in ranked] == [1, 2, 0]
+        assert ranked[0]["relevance_score"] == pytest.approx(1 / 3)
+
+
+def test_worked_example_runs_under_the_evaluator(example_stages, tmp_path, tiny_embedder_dir):
+    """rag-eval shares the example's scores through its cache and ranks with the config's settings."""
+    from evaluation.collection import load_collection
+    from evaluation.runner import ConfigSpec, evaluate_configs
+
+    root = tmp_path / "collection"
+    (root / "qrels").mkdir(parents=True)
+    docs = {"d1": "Vitamin D deficiency softens bones.", "d2": "Vitamin D comes from sunlight on the skin.",
+            "d3": "Iron deficiency causes fatigue and pale skin in many people who lack it."}
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n"
+                                               for k, v in docs.items()), encoding="utf-8")
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "vitamin D deficiency"}) + "\n",
+                                        encoding="utf-8")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n", encoding="utf-8")
+    config = _example_config(tmp_path, tiny_embedder_dir)
+    report = evaluate_configs(load_collection(root), [ConfigSpec("custom", config)], tmp_path / "cache")
+    record = report.results[0].records["q1"]
+    assert record.final == ["d1", "d2", "d3"]  # shortest first (5, 8, 14 words), as the toy scores
+    assert set(record.first_stage) == {"d1", "d2", "d3"} and report.reranker_pairs["computed"] == 3
+
+
+def test_registration_rejects_a_reranker_outside_the_scorer_contract():
+    from pipeline.params import RerankerParams
+    from pipeline.protocols import Scorer
+
+    class PlainParams:
+        class Params(StageParams):
+            top_n: int = 3
+
+        def score(self, query, passages):
+            return [0.0] * len(passages)
+
+    class NoDefaults:
+        Params = RerankerParams
+
+        def load(self):
+            return self
+
+        def score(self, query, passages):
+            return [0.0] * len(passages)
+
+    with pytest.raises(TypeError, match="RerankerParams"):
+        registry.register("reranker", "bad", PlainParams)
+    with pytest.raises(TypeError, match="lacks score_many, skip_note, describe: subclass pipeline.protocols.Scorer"):
+        registry.register("reranker", "bad", NoDefaults)
+    good = type("Good", (Scorer,), {"Params": RerankerParams, "load": NoDefaults.load, "score": NoDefaults.score})
+    registry.register("reranker", "good", good)
+    registry.unregister("reranker", "good")
+    assert good().skip_note("q", ["p"]) is None and good().describe() == {"type": "Good"}

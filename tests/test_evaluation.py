@@ -298,3 +298,24 @@ def test_evaluate_script_errors_exit_with_codes(tmp_path, tiny_collection, capsy
 def test_scifact_collection_counts():
     c = load_collection(SHARED_DATA / "scifact", "test")
     assert len(c.queries) == 300 and sum(len(d) for d in c.qrels.values()) == 339
+
+
+def test_configs_differing_only_in_mix_each_rank_with_their_own(tmp_path, tiny_collection, tiny_embedder_dir,
+                                                                tiny_reranker_dir):
+    """Evaluated together, two configs that differ only in reranker.mix share scores, not the mix."""
+    from evaluation.runner import ConfigSpec, evaluate_configs
+
+    specs = []
+    for mix in ("score", "minmax"):
+        path = write_config(tmp_path / f"{mix}.yaml", str(tiny_embedder_dir), tmp_path / "unused",
+                            str(tiny_reranker_dir), retriever={"type": "dense", "top_k": 5},
+                            reranker={"mix": mix, "weight": 0.5, "top_n": 5}, chunking={"enabled": False})
+        specs.append(ConfigSpec(mix, path))
+    cache = tmp_path / "cache"
+    together = evaluate_configs(load_collection(tiny_collection), specs, cache)
+    assert together.reranker_pairs["reused"] > 0  # the second config scored nothing new
+    finals = {r.name: {q: rec.final for q, rec in r.records.items()} for r in together.results}
+    for spec in specs:
+        alone = evaluate_configs(load_collection(tiny_collection), [spec], cache).results[0]
+        assert {q: rec.final for q, rec in alone.records.items()} == finals[spec.name], spec.name
+    assert finals["score"] != finals["minmax"]  # the mix matters here, so sharing it would show

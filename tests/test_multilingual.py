@@ -16,6 +16,7 @@ from pipeline import ConfigError, load_config
 from pipeline.languages import LanguageGuard, detect_script, scripts_of
 from pipeline.rerankers.cross_encoder import CrossEncoderReranker
 from pipeline.retrievers.fusion import distribution_fusion, fuse, reciprocal_rank_fusion
+from pipeline.scoring import RankSettings, rank_hits
 from pipeline.types import Hit
 
 RERANKER = ROOT / "models" / "minilm-reranker"
@@ -118,14 +119,13 @@ def test_guard_on_mixed_candidates():
 
 
 def test_rank_keeps_first_stage_places_of_skipped_candidates():
-    stage = CrossEncoderReranker(CrossEncoderReranker.Params(model="unused", languages=["en"], weight=1.0))
     hits = [hit(1, "a", 0.9), hit(2, "zh", 0.8), hit(3, "b", 0.7), hit(4, "c", 0.6), hit(5, "zh", 0.5)]
     scores = np.array([0.1, np.nan, 0.9, 0.5, np.nan], dtype=np.float32)
-    ranked = stage.rank(hits, scores, top_n=5)
+    ranked = rank_hits(hits, scores, RankSettings(top_n=5, weight=1.0))
     assert [h.chunk_id for h in ranked] == ["c3", "c2", "c4", "c1", "c5"]
     assert [h.rank for h in ranked] == [1, 2, 3, 4, 5]
     assert all(np.isfinite(h.score) for h in ranked)
-    assert [h.chunk_id for h in stage.rank(hits, scores, top_n=2)] == ["c3", "c2"]
+    assert [h.chunk_id for h in rank_hits(hits, scores, RankSettings(top_n=2))] == ["c3", "c2"]
 
 
 def test_unreadable_query_is_not_scored_and_needs_no_model():

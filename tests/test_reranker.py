@@ -12,6 +12,7 @@ from pipeline.config import load_config, parse_config
 from pipeline.errors import ConfigError
 from pipeline.pipeline import build_stage
 from pipeline.rerankers.cross_encoder import CrossEncoderReranker
+from pipeline.scoring import RankSettings, rank_hits
 from pipeline.types import Hit
 
 PASSAGES = [
@@ -158,25 +159,22 @@ def test_length_sorted_batches_restore_order_and_back_off():
 def test_weight_mixes_in_the_first_stage(tiny_reranker_dir):
     hits = make_hits()
     only_ce = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", top_n=6))
-    mixed = CrossEncoderReranker(
-        CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", top_n=6, weight=0.25))
-    only_first = CrossEncoderReranker(
-        CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", top_n=6, weight=0.0))
     ce = only_ce.score("vitamin D", PASSAGES)
-    assert [h.rank for h in only_first.rank(hits, ce)] == [1, 2, 3, 4, 5, 6]
-    assert [h.doc_id for h in only_first.rank(hits, ce)] == [h.doc_id for h in hits]
+    only_first = RankSettings(top_n=6, weight=0.0)
+    assert [h.rank for h in rank_hits(hits, ce, only_first)] == [1, 2, 3, 4, 5, 6]
+    assert [h.doc_id for h in rank_hits(hits, ce, only_first)] == [h.doc_id for h in hits]
     first = np.array([h.retrieval_score for h in hits])
     def scaled(x):
         return (x - x.min()) / (x.max() - x.min())
 
     expected = 0.25 * ce + 0.75 * scaled(first)  # mix: score (the default): the reranker's score as it is
-    out = mixed.rank(hits, ce)
+    out = rank_hits(hits, ce, RankSettings(top_n=6, weight=0.25))
+    assert out == only_ce.rerank("vitamin D", hits, top_n=6, weight=0.25)  # the stage's convenience, same ranking
     np.testing.assert_allclose([h.score for h in out], np.sort(expected)[::-1], rtol=1e-5)
     assert all(0.0 <= h.score <= 1.0 for h in out)
-    stretched = CrossEncoderReranker(CrossEncoderReranker.Params(
-        model=str(tiny_reranker_dir), device="cpu", top_n=6, weight=0.25, mix="minmax"))
+    stretched = RankSettings(top_n=6, weight=0.25, mix="minmax")
     expected = 0.25 * scaled(ce) + 0.75 * scaled(first)  # mix: minmax: both scaled per query
-    np.testing.assert_allclose([h.score for h in stretched.rank(hits, ce)], np.sort(expected)[::-1], rtol=1e-5)
+    np.testing.assert_allclose([h.score for h in rank_hits(hits, ce, stretched)], np.sort(expected)[::-1], rtol=1e-5)
     with pytest.raises(ValueError, match="mix"):
         CrossEncoderReranker.Params(model=str(tiny_reranker_dir), mix="rank")
 

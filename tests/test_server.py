@@ -27,7 +27,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from indexer.build import build_index  # noqa: E402
 from pipeline.config import ServerParams, load_config  # noqa: E402
 from pipeline.pipeline import Pipeline  # noqa: E402
+from pipeline.protocols import Scorer  # noqa: E402
 from pipeline.render import result_to_dict  # noqa: E402
+from pipeline.types import DEFAULT_SCORE_OPTIONS  # noqa: E402
 from server import create_app  # noqa: E402
 from server.batching import MicroBatcher, QueueFullError  # noqa: E402
 from tests.conftest import ROOT, TINY_DOCS, wait_until_ready, write_config  # noqa: E402
@@ -119,7 +121,7 @@ def test_search_is_the_first_stage(client):
 
 def test_rerank_cohere_and_tei_shapes(client):
     docs = ["Vitamin D deficiency causes bone pain.", "Python is a programming language.", "The Great Wall."]
-    scorer = client.app.state.pipelines.served["tiny"].pipeline.reranker.inner
+    scorer = client.app.state.pipelines.served["tiny"].pipeline.reranker.reranker  # the stage behind the queue
     expected = scorer.score("vitamin D", docs)
     order = list(np.argsort(-expected, kind="stable"))
     body = client.post("/v1/rerank", json={"query": "vitamin D", "documents": [docs[0], {"text": docs[1]}, docs[2]],
@@ -205,14 +207,14 @@ def test_api_key_and_not_ready(setup, monkeypatch):
         assert test_client.post("/v1/ask", json={"query": QUERY}, headers=auth).status_code == 200
 
 
-class _SlowScorer:
+class _SlowScorer(Scorer):
     """Records the requests of each batch; sleeps to let requests pile up."""
 
     def __init__(self, delay=0.05):
         self.delay = delay
         self.batches = []
 
-    def score_many(self, requests):
+    def score_many(self, requests, options=DEFAULT_SCORE_OPTIONS):
         self.batches.append(len(requests))
         time.sleep(self.delay)
         return [np.full(len(p), 0.5, dtype=np.float32) for _, p in requests]
@@ -257,7 +259,8 @@ def test_queue_full_is_503_with_retry_after(setup, monkeypatch):
     app.state.pipelines.load()
     with TestClient(app) as test_client:
         batcher = app.state.pipelines.batchers[0]
-        monkeypatch.setattr(batcher, "score", lambda q, p: (_ for _ in ()).throw(QueueFullError("queue is full")))
+        monkeypatch.setattr(batcher, "score_many",
+                            lambda requests, options=None: (_ for _ in ()).throw(QueueFullError("queue is full")))
         response = test_client.post("/v1/rerank", json={"query": "q", "documents": ["a"]})
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert test_client.post("/v1/ask", json={"query": QUERY}).status_code == 503
@@ -385,3 +388,33 @@ def test_rerank_of_text_the_model_cannot_read_is_zero_not_nan(setup, tiny_embedd
         assert r.status_code == 200, r.text
         results = r.json()["results"]
         assert [x["index"] for x in results] == [1, 0] and results[1]["relevance_score"] == 0.0
+
+
+def test_ask_reports_the_language_guard_note(setup, tiny_embedder_dir, tiny_reranker_dir):
+    """The guard's note reaches HTTP callers: the batching queue is a Scorer and forwards skip_note."""
+    config = write_config(setup["tmp"] / "en-notes.yaml", str(tiny_embedder_dir), setup["index"],
+                          str(tiny_reranker_dir), reranker={"languages": ["en"]})
+    with TestClient(create_app({"en": load_config(config)})) as test_client:
+        _wait_ready(test_client)
+        body = test_client.post("/v1/ask", json={"query": "维生素D缺乏有什么症状", "top_k": 4, "top_n": 2}).json()
+        assert len(body["notes"]) == 1, body
+        assert body["notes"][0].startswith("reranker skipped 4 of 4 candidates: query zh not supported by")
+        english = test_client.post("/v1/ask", json={"query": QUERY, "top_k": 4, "top_n": 2}).json()
+        assert english["notes"] == [] and english["reranked"]
+
+
+def test_configs_differing_in_mix_share_the_model_but_rank_with_their_own(setup, tiny_embedder_dir,
+                                                                          tiny_reranker_dir):
+    """Two configs that differ only in reranker.mix share one batching queue; each ranks with its own mix."""
+    configs = {}
+    for mix in ("score", "minmax"):
+        path = write_config(setup["tmp"] / f"mix-{mix}.yaml", str(tiny_embedder_dir), setup["index"],
+                            str(tiny_reranker_dir), reranker={"mix": mix, "weight": 0.5})
+        configs[mix] = load_config(path)
+    with TestClient(create_app(configs)) as test_client:
+        _wait_ready(test_client)
+        assert len(test_client.app.state.pipelines.batchers) == 1  # one model, one queue
+        for mix, config in configs.items():
+            body = test_client.post("/v1/ask", json={"query": QUERY, "top_k": 6, "top_n": 6, "config": mix}).json()
+            alone = Pipeline(config).ask(QUERY, 6, 6)
+            assert [round(h["score"], 5) for h in body["reranked"]] == [round(h.score, 5) for h in alone.reranked]

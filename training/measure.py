@@ -1,10 +1,10 @@
 """Measure a reranker the way the pipeline uses it: through the reranker stage and evaluation's code.
 
 A model (one just trained, in memory, or a saved folder) is wrapped in the pipeline's
-:class:`~pipeline.rerankers.cross_encoder.CrossEncoderReranker`, so scores come from the stage's own
-tokenization and sigmoid, and first-stage scores are mixed in by the one mixing function,
-:func:`pipeline.scoring.mix_scores`, with ``weight`` the cross-encoder's share (1 = the reranker
-alone, 0 = the first stage's order). Queries and judgements come from
+:class:`~pipeline.rerankers.cross_encoder.CrossEncoderReranker` (a :class:`~pipeline.protocols.Scorer`),
+so scores come from the stage's own tokenization and sigmoid, and the candidates are ranked by the
+pipeline's one ranking function, :func:`pipeline.scoring.rank_hits`, with ``weight`` the
+cross-encoder's share (1 = the reranker alone, 0 = the first stage's order). Queries and judgements come from
 :func:`evaluation.collection.load_collection`, each (query, passage) pair is scored once through an
 :class:`evaluation.runner.ScoreCache`, and nDCG@10 comes from ranx (:mod:`evaluation.metrics`).
 """
@@ -17,11 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evaluation.collection import load_collection
 from evaluation.metrics import evaluate_rankings, fold_to_documents
 from evaluation.runner import ScoreCache
 from pipeline.config import PipelineConfig
+from pipeline.protocols import Scorer
 from pipeline.rerankers.cross_encoder import CrossEncoderReranker
+from pipeline.scoring import RankSettings, rank_hits
 from pipeline.types import Hit
 from training.data import DevQuery
 from training.first_stage import FirstStage
@@ -44,8 +48,8 @@ def weight_key(weight: float) -> str:
     return f"{weight:g}"
 
 
-class PairScores:
-    """A reranker stage behind a :class:`ScoreCache`: each (query, passage) pair is scored once."""
+class PairScores(Scorer):
+    """A reranker stage behind a :class:`ScoreCache`, itself a Scorer: each (query, passage) pair is scored once."""
 
     def __init__(self, stage: CrossEncoderReranker) -> None:
         self.stage = stage
@@ -56,7 +60,17 @@ class PairScores:
     def scored(self) -> int:
         return self.cache.computed
 
-    def score(self, query: str, passages: Sequence[str]):
+    def load(self) -> PairScores:
+        self.stage.load()
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return self.stage.describe()
+
+    def skip_note(self, query: str, passages: Sequence[str]) -> str | None:
+        return self.stage.skip_note(query, passages)
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         start = time.perf_counter()
         scores, _ = self.cache.scores(self.stage, query, passages)
         self.seconds += time.perf_counter() - start
@@ -64,9 +78,9 @@ class PairScores:
 
 
 def rerank_all(stage: CrossEncoderReranker, hits: Sequence[Hit], scores, weight: float) -> list[str]:
-    """Document ids of ``hits`` reordered by the stage at ``weight`` (all kept), folded to documents."""
-    ranked = stage.rank(hits, scores, top_n=max(len(hits), 1), weight=weight)
-    return [d for d, _ in fold_to_documents(ranked)]
+    """Document ids of ``hits`` ranked by ``scores`` at ``weight`` and the stage's ``mix`` (all kept), folded."""
+    settings = RankSettings(top_n=max(len(hits), 1), weight=weight, mix=stage.params.mix)
+    return [d for d, _ in fold_to_documents(rank_hits(hits, scores, settings))]
 
 
 def dev_ndcg(stage: CrossEncoderReranker, dev: Sequence[DevQuery], weight: float = 1.0) -> float:

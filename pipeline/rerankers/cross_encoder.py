@@ -34,7 +34,6 @@ import logging
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import cached_property
 from typing import Annotated, Literal
 
@@ -43,16 +42,19 @@ from pydantic import AfterValidator, Field, PositiveInt
 
 from pipeline.batching import run_length_sorted
 from pipeline.device import check_device_name, resolve_device
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
 from pipeline.languages import LanguageGuard, card_languages, scripts_of
 from pipeline.models import load_cross_encoder, resolve_model
-from pipeline.params import StageParams
+from pipeline.params import RerankerParams
+from pipeline.protocols import Scorer
 from pipeline.rerankers import backends
 from pipeline.rerankers.calibration import IDENTITY, Calibration, load_calibration
-from pipeline.scoring import mix_scores, rank_by_scores
-from pipeline.types import Hit
+from pipeline.scoring import RankSettings, rank_hits
+from pipeline.types import DEFAULT_SCORE_OPTIONS, Hit, ScoreOptions
 
 logger = logging.getLogger(__name__)
+
+WINDOW_OVERLAP = 0.25  # share of a window that its neighbour repeats (long_passages: windows)
 
 
 def _check_languages(languages: list[str] | None) -> list[str] | None:
@@ -69,13 +71,12 @@ def _check_regex(pattern: str) -> str:
     return pattern
 
 
-class CrossEncoderReranker:
+class CrossEncoderReranker(Scorer):
     """Rescore candidates with a cross-encoder and keep the best ``top_n``."""
 
-    class Params(StageParams):
+    class Params(RerankerParams):  # top_n, weight, mix: how the pipeline ranks with the scores
         model_keys = ("model",)
         model: str
-        top_n: PositiveInt = 5
         max_length: PositiveInt = 512
         batch_size: PositiveInt = 16
         use_fp16: bool = True
@@ -86,11 +87,9 @@ class CrossEncoderReranker:
         # regexes over module names (re.search) left in fp32 under int8, e.g. the feed-forward output
         # projections, "encoder\.layer\.\d+\.output\.dense$" in BERT and XLM-R (closer scores, slower)
         quantize_skip: list[Annotated[str, AfterValidator(_check_regex)]] = []
-        weight: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
-        # how the cross-encoder's score enters the mix below weight 1 (pipeline.scoring.mix_scores):
-        # "score" as it is (a calibrated 0..1 probability: an unsure model barely moves the first stage's
-        # order), "minmax" stretched over 0..1 per query like the first stage's
-        mix: Literal["score", "minmax"] = "score"
+        # a passage longer than the model's window: "truncate" scores its first tokens, "windows" scores
+        # overlapping windows of the model's length and keeps the best (slower on long passages)
+        long_passages: Literal["truncate", "windows"] = "truncate"
         device: Annotated[str, AfterValidator(check_device_name)] = "auto"
         calibrate: bool = True  # apply the model folder's calibration.json (Platt scaling) when it has one
         threads: PositiveInt | None = None  # CPU threads of the openvino/onnx runtime (None: torch's count)
@@ -209,6 +208,12 @@ class CrossEncoderReranker:
         model.eval()
         return stage
 
+    def describe(self) -> dict[str, object]:
+        """The model that scores: type, model, window in tokens, backend, calibration, long-passage mode."""
+        return {"type": "cross-encoder", "model": self.params.model, "max_length": self.params.max_length,
+                "backend": self.backend_used or self.params.backend, "quantize": self.params.quantize,
+                "calibrated": self._calibration not in (None, IDENTITY), "long_passages": self.params.long_passages}
+
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """Relevance of each passage to the query, float32 in 0..1, in input order.
 
@@ -221,19 +226,28 @@ class CrossEncoderReranker:
         """The cross-encoder's raw logit per passage (float32, input order), before any calibration."""
         return self.logits_many([(query, passages)])[0]
 
-    def score_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+    def score_many(
+        self, requests: Sequence[tuple[str, Sequence[str]]], options: ScoreOptions = DEFAULT_SCORE_OPTIONS
+    ) -> list[np.ndarray]:
         """:meth:`score` for several ``(query, passages)`` requests, all pairs in one length-sorted run.
 
         Used by the server's micro-batching queue: pairs of concurrent requests share batches.
+        ``options.raw`` gives the raw logits (:meth:`logits`); ``options.long`` and ``max_tokens``
+        say what happens to passages longer than the model's window (:class:`~pipeline.types.ScoreOptions`).
         """
-        logits = self.logits_many(requests)
+        logits = self.logits_many(requests, options)
+        if options.raw:
+            return logits
         calibration = self._calibration or IDENTITY  # None: nothing was scored (all NaN), no model loaded
         return [calibration.apply(row) for row in logits]
 
-    def logits_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+    def logits_many(
+        self, requests: Sequence[tuple[str, Sequence[str]]], options: ScoreOptions = DEFAULT_SCORE_OPTIONS
+    ) -> list[np.ndarray]:
         """:meth:`logits` for several requests, all pairs in one length-sorted run.
 
         A pair the model cannot read (query or passage outside ``languages``) is not scored: NaN.
+        A passage scored by windows gets its best window's logit.
         """
         sizes = [len(passages) for _, passages in requests]
         guard = self.language_guard
@@ -246,10 +260,15 @@ class CrossEncoderReranker:
             return [np.full(size, np.nan, dtype=np.float32) for size in sizes]
         self._setup()
         features: dict[str, list[list[int]]] = {}
+        owners: list[int] = []  # for each scored piece, the readable passage it belongs to
+        count = 0
         for query, passages in requests:
             if len(passages):
-                for key, rows in self._tokenize(query, passages).items():
+                pieces, owner = self._pieces(query, passages, options)
+                for key, rows in self._tokenize(query, pieces).items():
                     features.setdefault(key, []).extend(rows)
+                owners.extend(count + i for i in owner)
+                count += len(passages)
         lengths = [len(ids) for ids in features["input_ids"]]
         if self._runtime is not None:
             runtime, tokenizer = self._runtime, self._tokenizer
@@ -261,9 +280,49 @@ class CrossEncoderReranker:
             logits, self._batch_size = run_length_sorted(lengths, self._batch_size, forward_runtime)
         else:
             logits = self._torch_logits(features, lengths)
+        best = np.full(count, -np.inf, dtype=np.float32)
+        np.maximum.at(best, np.asarray(owners, dtype=np.int64), np.asarray(logits, dtype=np.float32))
         full = np.full(readable.size, np.nan, dtype=np.float32)
-        full[readable] = np.asarray(logits, dtype=np.float32)
+        full[readable] = best
         return np.split(full, np.cumsum(sizes)[:-1])
+
+    def _pieces(self, query: str, passages: Sequence[str], options: ScoreOptions) -> tuple[list[str], list[int]]:
+        """The texts to score for ``passages`` and, for each, the passage it came from (:class:`ScoreOptions`).
+
+        A passage that fits the model's window beside the (capped) query is scored whole. A longer one
+        is cut to ``options.max_tokens`` first, then truncated from ``options.side``, refused, or split into
+        windows that overlap by a quarter of their length (``options.long``, default ``long_passages``).
+        """
+        long = options.long or self.params.long_passages
+        if long == "truncate" and options.side == "right" and options.max_tokens is None:
+            return list(passages), list(range(len(passages)))  # the tokenizer truncates the end as it tokenizes
+        tokenizer = self._tokenizer
+        cap = max(1, int(self.params.max_length * self.params.query_max_share))
+        query_tokens = min(len(tokenizer(query, add_special_tokens=False)["input_ids"]), cap)
+        budget = max(1, self.params.max_length - query_tokens - tokenizer.num_special_tokens_to_add(pair=True))
+        offsets = tokenizer(list(passages), add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        pieces: list[str] = []
+        owners: list[int] = []
+        for i, (passage, spans) in enumerate(zip(passages, offsets)):
+            if options.max_tokens is not None and len(spans) > options.max_tokens:
+                spans = spans[: options.max_tokens]
+                passage = passage[: spans[-1][1]]
+            if len(spans) <= budget:
+                pieces.append(passage)
+                owners.append(i)
+                continue
+            if long == "error":
+                raise InputError(f"passage {i} is {len(spans)} tokens; {self.params.model} reads {budget} beside "
+                                 "this query: shorten it, or let the server truncate it or score it by windows")
+            if long == "truncate":
+                start, end = (0, budget) if options.side == "right" else (len(spans) - budget, len(spans))
+                windows = [(start, end)]
+            else:
+                windows = window_spans(len(spans), budget)
+            for start, end in windows:
+                pieces.append(passage[spans[start][0]: spans[end - 1][1]])
+                owners.append(i)
+        return pieces, owners
 
     def _torch_logits(self, features: dict[str, list[list[int]]], lengths: list[int]) -> np.ndarray:
         import torch
@@ -341,44 +400,28 @@ class CrossEncoderReranker:
     ) -> list[Hit]:
         """New hits sorted by score (ties keep the first stage's order), first ``top_n`` kept.
 
-        ``weight`` (default: the stage's) is the cross-encoder's share of the final score,
-        mixed with the first stage's by :func:`pipeline.scoring.mix_scores`.
+        A convenience over :meth:`score` and :func:`pipeline.scoring.rank_hits` with this stage's
+        settings (``top_n``, ``weight``, ``mix``; per-call ``top_n`` and ``weight`` override them).
         """
-        return self.rank(hits, self.score(query, [hit.text for hit in hits]), top_n, weight)
-
-    def rank(
-        self, hits: Sequence[Hit], scores: np.ndarray, top_n: int | None = None, weight: float | None = None
-    ) -> list[Hit]:
-        """Order ``hits`` by already computed cross-encoder ``scores`` (see :meth:`rerank`).
-
-        A NaN score (a pair the language guard kept from the model) gets weight 0: that hit keeps its
-        place in the first stage's order, and the scored hits are reordered around it.
-        """
-        weight = self.params.weight if weight is None else weight
-        scores = np.asarray(scores, dtype=np.float32)
-        skipped = np.isnan(scores)
-        if skipped.any():
-            return rank_around_skipped(hits, scores, skipped, weight, top_n or self.params.top_n, self.params.mix)
-        mixed = mix_scores(scores, [hit.retrieval_score for hit in hits], weight, self.params.mix)
-        return rank_by_scores(hits, mixed, top_n or self.params.top_n)
+        return rank_hits(hits, self.score(query, [hit.text for hit in hits]),
+                         RankSettings.from_params(self.params, top_n, weight))
 
 
-def rank_around_skipped(
-    hits: Sequence[Hit], scores: np.ndarray, skipped: np.ndarray, weight: float, top_n: int, mode: str
-) -> list[Hit]:
-    """Skipped hits stay at their first-stage places; the scored ones fill the other places by mixed score.
+def window_spans(length: int, size: int, overlap: float = WINDOW_OVERLAP) -> list[tuple[int, int]]:
+    """``[start, end)`` token spans of at most ``size`` covering ``length`` tokens, neighbours overlapping.
 
-    A skipped hit's ``score`` is its min-max scaled first-stage score (weight 0).
+    Windows step by ``size`` less ``overlap`` of it; the last one ends at ``length`` (it may overlap its
+    neighbour more), so no token is left out and no window is short.
+
+    Example:
+        >>> window_spans(10, 4)
+        [(0, 4), (3, 7), (6, 10)]
     """
-    first = mix_scores(np.zeros(len(hits), dtype=np.float32), [hit.retrieval_score for hit in hits], 0.0)
-    scored = [i for i in range(len(hits)) if not skipped[i]]
-    mixed = dict(zip(scored, mix_scores(scores[scored], [hits[i].retrieval_score for i in scored], weight, mode)
-                     if scored else []))
-    queue = iter(sorted(scored, key=lambda i: (-mixed[i], hits[i].rank)))
-    slots = sorted(range(len(hits)), key=lambda i: hits[i].rank)  # places in the first stage's order
-    order = [i if skipped[i] else next(queue) for i in slots][:top_n]
-    return [replace(hits[i], score=float(first[i] if skipped[i] else mixed[i]), rank=rank)
-            for rank, i in enumerate(order, start=1)]
+    if length <= size:
+        return [(0, length)]
+    step = max(1, size - int(size * overlap))
+    spans = [(start, start + size) for start in range(0, length - size, step)]
+    return [*spans, (length - size, length)]
 
 
 def _empty_cuda_cache() -> None:
