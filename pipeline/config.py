@@ -97,7 +97,12 @@ class ServerParams(StageParams):
     """How ``scripts/serve.py`` serves the pipeline over HTTP (docs/serving.md).
 
     ``max_body_bytes`` caps a request body (413 above it), ``max_documents`` the
-    documents of one ``/v1/rerank`` call (413), ``max_query_chars`` a query (422).
+    documents of one rerank call (the hard limit: 413 above it; a longer list than
+    one batch is served in batches of ``max_batch_pairs``), ``max_query_chars`` a
+    query (422), ``max_top_k`` the candidates one request may ask for (422).
+    ``max_tokens_per_doc`` is the tokens of each document read by Cohere-shaped
+    rerank calls that do not say (Cohere's default): a longer document is scored by
+    windows of the model's length, up to that many tokens.
     Cross-encoder calls of concurrent requests are scored together: pairs arriving
     within ``batch_wait_ms`` of the first are batched, up to ``max_batch_pairs``;
     at most ``max_queue`` requests wait (503 with Retry-After beyond).
@@ -109,8 +114,10 @@ class ServerParams(StageParams):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: PositiveInt = 1_000_000
-    max_documents: PositiveInt = 1000
+    max_documents: PositiveInt = 10_000
     max_query_chars: PositiveInt = 2000
+    max_top_k: PositiveInt = 1000
+    max_tokens_per_doc: PositiveInt = 4096
     micro_batching: bool = True
     batch_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
     max_batch_pairs: PositiveInt = 256

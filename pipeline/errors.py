@@ -25,6 +25,10 @@ class InputError(RagError):
     exit_code = 2
 
 
+class PassageTooLongError(InputError):
+    """A passage is longer than the model's window and the caller asked for no truncation or windows."""
+
+
 class IndexMissingError(RagError):
     """No usable index at the given path (missing, incomplete or unreadable)."""
 

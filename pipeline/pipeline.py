@@ -235,25 +235,25 @@ class Pipeline:
             logger.warning("no answer for %r: %s", query, message)
             return replace(result, answer_error=message)
 
-    def answer(self, result: PipelineResult) -> PipelineResult:
+    def answer(self, result: PipelineResult, max_tokens: int | None = None) -> PipelineResult:
         """``result`` with the generator's answer from its :attr:`~PipelineResult.hits` (``timings`` gains
-        ``generate``).
+        ``generate``). ``max_tokens`` lowers the answer's length limit; ``generator.max_tokens`` caps it.
 
         Raises:
             ConfigError: no generator is configured, or the prompt cannot fit the model's window.
             GeneratorError: the endpoint does not answer, rejects the key, or times out.
             ModelNotFoundError: the local model (or its package) is missing.
         """
-        *_, answer = self.stream_answer(result)
+        *_, answer = self.stream_answer(result, max_tokens)
         timings = {**result.timings, "generate": answer.timings.get("generate", 0.0) + answer.timings.get(
             "attribute", 0.0)}
         timings["total"] = result.timings.get("total", 0.0) + timings["generate"]
         return replace(result, answer=answer, answer_error=None, timings=timings)
 
-    def stream_answer(self, result: PipelineResult) -> Iterator[str | Answer]:
+    def stream_answer(self, result: PipelineResult, max_tokens: int | None = None) -> Iterator[str | Answer]:
         """The answer to ``result`` as it is generated: text pieces, then the :class:`~pipeline.types.Answer`."""
         generator = self._load_generator()
-        pieces = generator.stream(result.query, result.hits)
+        pieces = generator.stream(result.query, result.hits, max_tokens)
         try:
             while (item := self._run("generator", lambda: next(pieces, None))) is not None:
                 yield item

@@ -198,12 +198,14 @@ class Generator(Protocol):
     def load(self) -> Generator:
         """Load the model (or make the client) now."""
 
-    def generate(self, query: str, hits: Sequence[Hit]) -> Answer:
+    def generate(self, query: str, hits: Sequence[Hit], max_tokens: int | None = None) -> Answer:
         """Answer ``query`` from ``hits``, numbered ``[1]..[n]`` in the prompt in their order.
+
+        ``max_tokens`` lowers the answer's length limit for this call (the config's ``max_tokens`` caps it).
 
         Citations outside ``1..n`` are dropped (``Answer.dropped``); a prompt that cannot fit
         the model's window is a ``ConfigError``; an endpoint failure a ``GeneratorError``.
         """
 
-    def stream(self, query: str, hits: Sequence[Hit]) -> Iterator[str | Answer]:
+    def stream(self, query: str, hits: Sequence[Hit], max_tokens: int | None = None) -> Iterator[str | Answer]:
         """Like :meth:`generate`, but yields the reply's text pieces as they arrive, then the ``Answer``."""

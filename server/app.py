@@ -9,6 +9,7 @@ Endpoints (docs/serving.md has a curl example for each):
 ``POST /v1/rerank``    Cohere's rerank shape (also ``/v2/rerank``, for the SDK's ClientV2)
 ``POST /rerank``       Text Embeddings Inference's rerank shape
 ``GET /v1/configs``    the served configs and their defaults
+``GET /v1/models``     the served configs as OpenAI models (``/v1/models/{id}``: one)
 ``GET /healthz``       alive; ``GET /readyz``: models and index loaded (503 until then)
 ``GET /metrics``       Prometheus text format
 ``GET /``              the web page (``server/static``); ``/docs``: OpenAPI
@@ -42,11 +43,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from pipeline.config import PipelineConfig, ServerParams
-from pipeline.errors import ConfigError, GeneratorError, InputError, RagError
+from pipeline.errors import ConfigError, GeneratorError, InputError, PassageTooLongError, RagError
 from pipeline.filters import Filter
 from pipeline.pipeline import validate_query
 from pipeline.render import answer_to_dict, hit_to_dict, result_to_dict
-from pipeline.types import Answer
+from pipeline.types import Answer, ScoreOptions
 from server.batching import QueueFullError
 from server.metrics import CONTENT_TYPE, Metrics
 from server.pipelines import NotReadyError, PipelineSet
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 RETRY_AFTER_S = "1"
+UNSCORED_LOGIT = -100.0  # a raw score for a pair the model did not read (sigmoid: 0)
 
 
 class ApiError(Exception):
@@ -137,6 +139,12 @@ def create_app(
                            f"{settings.max_query_chars} (server.max_query_chars)")
         return validate_query(query)
 
+    def check_top_k(top_k: int | None) -> int | None:
+        if top_k is not None and top_k > settings.max_top_k:
+            raise ApiError(422, "invalid_request", f"top_k is {top_k}; the limit is {settings.max_top_k} "
+                           "(server.max_top_k)")
+        return top_k
+
     def check_filter(value: Any) -> Filter | None:
         """The request's filter, parsed once (a malformed one is a 422 that names the problem)."""
         return Filter.from_value(value)
@@ -165,6 +173,8 @@ def create_app(
 
     @app.exception_handler(RagError)
     async def _rag(request: Request, exc: RagError):
+        if isinstance(exc, PassageTooLongError):
+            return error(413, "too_large", str(exc))
         if isinstance(exc, (InputError, ConfigError)):
             return error(422, "invalid_request", str(exc))
         if isinstance(exc, QueueFullError):
@@ -239,13 +249,36 @@ def create_app(
             })
         return {"default": pipelines.default, "configs": out}
 
+    started = int(time.time())
+
+    def model_card(name: str) -> dict[str, Any]:
+        """One served config as an OpenAI model object (what chat front ends list before they send anything)."""
+        served = pipelines.resolve(name)
+        config = served.config
+        return {"id": served.name, "object": "model", "created": started, "owned_by": "rerank-rag",
+                "default": served.name == pipelines.default,
+                "reranker": config.reranker.type if config.reranker is not None else None,
+                "generator": config.generator.type if config.generator is not None else None}
+
+    @app.get("/v1/models", tags=["pipeline"], dependencies=[Depends(authorize)])
+    def list_models() -> dict[str, Any]:
+        """The served configs as OpenAI models: ``model`` in a chat or rerank request picks one by ``id``."""
+        return {"object": "list", "data": [model_card(name) for name in pipelines.served]}
+
+    @app.get("/v1/models/{name}", tags=["pipeline"], dependencies=[Depends(authorize)])
+    def get_model(name: str) -> dict[str, Any]:
+        """One served config as an OpenAI model (404 for another name)."""
+        if name not in pipelines.served:
+            raise ApiError(404, "not_found", f"no model {name!r}; this server has: {', '.join(pipelines.served)}")
+        return model_card(name)
+
     @app.post("/v1/ask", tags=["pipeline"], dependencies=[Depends(authorize)])
     def ask(body: AskRequest) -> dict[str, Any]:
         """Retrieve ``top_k`` candidates and rerank them to ``top_n``: both lists, timings, version, config."""
         flt = check_filter(body.filter)
         query = check_query(body.query)
         served, pipe = pipelines.get(body.config)
-        result = pipe.ask(query, body.top_k, body.top_n, rerank=body.reranker, weight=body.weight,
+        result = pipe.ask(query, check_top_k(body.top_k), body.top_n, rerank=body.reranker, weight=body.weight,
                           generate=body.answer, filter=flt)
         metrics.observe_timings(result.timings)
         return result_to_dict(result, config=served.name, index_version=pipe.version)
@@ -260,7 +293,7 @@ def create_app(
         served, pipe = pipelines.get(body.model if body.model in pipelines.served else None)
         if pipe.config.generator is None:
             raise ApiError(400, "unsupported", f"config {served.name!r} has no generator: section (docs/answers.md)")
-        result = pipe.ask(query, body.top_k, body.top_n, generate=False)
+        result = pipe.ask(query, check_top_k(body.top_k), body.top_n, generate=False)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": created, "model": served.name}
 
@@ -274,7 +307,7 @@ def create_app(
                     "timings_ms": {k: round(v * 1000, 2) for k, v in {**result.timings, **answer.timings}.items()}}
 
         if not body.stream:
-            answered = pipe.answer(result)
+            answered = pipe.answer(result, body.answer_tokens)
             metrics.observe_timings(answered.timings)
             answer = answered.answer
             return {**head, "object": "chat.completion", "usage": usage(answer), "rag": rag(answer), "choices": [
@@ -289,7 +322,7 @@ def create_app(
         def events():
             yield chunk({"role": "assistant", "content": ""})
             try:
-                for item in pipe.stream_answer(result):
+                for item in pipe.stream_answer(result, body.answer_tokens):
                     if isinstance(item, Answer):
                         yield chunk({}, item.finish_reason or "stop", rag=rag(item))
                         if (body.stream_options or {}).get("include_usage"):
@@ -311,7 +344,7 @@ def create_app(
         flt = check_filter(body.filter)
         query = check_query(body.query)
         served, pipe = pipelines.get(body.config)
-        top_k = body.top_k or pipe.top_k
+        top_k = check_top_k(body.top_k) or pipe.top_k
         timings: dict[str, float] = {}
         start = time.perf_counter()
         hits = pipe.search(query, top_k, timings, filter=flt)
@@ -325,10 +358,17 @@ def create_app(
             "index_version": pipe.version,
         }
 
-    def rerank_scores(model: str | None, query: str, texts: list[str]) -> tuple[str, np.ndarray, float]:
+    def rerank_scores(
+        model: str | None, query: str, texts: list[str], options: ScoreOptions
+    ) -> tuple[str, np.ndarray, np.ndarray]:
+        """The served config's name, each text's score (NaN: not scored) and the order, best first.
+
+        A list longer than one batch (``max_batch_pairs``) is scored in batches by the queue; only one
+        over ``max_documents`` is refused.
+        """
         if len(texts) > settings.max_documents:
             raise ApiError(413, "too_large", f"{len(texts)} documents; the limit is {settings.max_documents} "
-                           "(server.max_documents)")
+                           "(server.max_documents; longer lists are served in batches up to it)")
         if not texts:
             raise ApiError(422, "invalid_request", "documents is empty; send at least one")
         query = check_query(query)
@@ -342,19 +382,24 @@ def create_app(
         if pipe.reranker is None:
             raise ApiError(400, "unsupported", f"config {served.name!r} has no reranker")
         start = time.perf_counter()
-        scores = pipe.reranker.score(query, texts)
-        seconds = time.perf_counter() - start
-        metrics.stage.labels("rerank").observe(seconds)
-        # A pair the model cannot read (outside its languages) has no score (NaN): relevance 0, ranked last.
-        return served.name, np.nan_to_num(np.asarray(scores, dtype=np.float32), nan=0.0), seconds
+        scores = np.asarray(pipe.reranker.score_many([(query, texts)], options)[0], dtype=np.float32)
+        metrics.stage.labels("rerank").observe(time.perf_counter() - start)
+        # A pair the model cannot read (outside its languages) has no score (NaN): ranked last.
+        order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
+        return served.name, scores, order
+
+    def reported(score: float, raw: bool = False) -> float:
+        """A score as the JSON carries it: an unscored pair is relevance 0 (raw: a logit of -100)."""
+        return float(score) if np.isfinite(score) else (UNSCORED_LOGIT if raw else 0.0)
 
     def cohere_rerank(body: CohereRerankRequest, api_version: str) -> dict[str, Any]:
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
-        name, scores, _ = rerank_scores(body.model, body.query, texts)
-        order = np.argsort(-scores, kind="stable")[: body.top_n or len(texts)]
+        options = ScoreOptions(long="windows", max_tokens=body.max_tokens_per_doc or settings.max_tokens_per_doc)
+        name, scores, order = rerank_scores(body.model, body.query, texts, options)
+        order = order[: body.top_n or len(texts)]
         results = []
         for i in order:
-            item: dict[str, Any] = {"index": int(i), "relevance_score": float(scores[i])}
+            item: dict[str, Any] = {"index": int(i), "relevance_score": reported(scores[i])}
             if body.return_documents:
                 item["document"] = {"text": texts[i]}
             results.append(item)
@@ -376,11 +421,15 @@ def create_app(
 
     @app.post("/rerank", tags=["rerank"], dependencies=[Depends(authorize)])
     def rerank_tei(body: TeiRerankRequest) -> list[dict[str, Any]]:
-        """Text Embeddings Inference's rerank: ``[{index, score, text?}]`` sorted by score (0..1)."""
-        _, scores, _ = rerank_scores(None, body.query, body.texts)
+        """Text Embeddings Inference's rerank: ``[{index, score, text?}]`` sorted by score (0..1, or the raw logit
+        with ``raw_scores``). ``truncate`` true cuts a long text from ``truncation_direction``, false refuses it
+        (413), omitted scores it by overlapping windows of the model's length, keeping the best."""
+        long = "windows" if body.truncate is None else ("truncate" if body.truncate else "error")
+        options = ScoreOptions(raw=body.raw_scores, long=long, side=body.truncation_direction.lower())
+        _, scores, order = rerank_scores(None, body.query, body.texts, options)
         out = []
-        for i in np.argsort(-scores, kind="stable"):
-            item: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
+        for i in order:
+            item: dict[str, Any] = {"index": int(i), "score": reported(scores[i], body.raw_scores)}
             if body.return_text:
                 item["text"] = body.texts[i]
             out.append(item)

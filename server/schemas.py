@@ -1,13 +1,15 @@
 """Request bodies of the API (validated by FastAPI; a bad body is a 422 naming the field).
 
 Types are strict: ``"5"`` is not an integer and ``1`` is not a string. The
-Cohere- and TEI-shaped bodies accept (and ignore) the fields those APIs have
-that this server does not use, so their clients work unmodified.
+Cohere- and TEI-shaped bodies honour the fields of those APIs that change an
+answer (``max_tokens_per_doc``; ``truncate``, ``truncation_direction``,
+``raw_scores``, ``return_text``) and accept (and ignore) the others, so their
+clients work unmodified.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -60,6 +62,14 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     top_k: StrictInt | None = Field(None, gt=0)
     top_n: StrictInt | None = Field(None, gt=0)
+    max_tokens: StrictInt | None = Field(None, gt=0, description="the answer's token limit, capped by the config's")
+    max_completion_tokens: StrictInt | None = Field(None, gt=0, description="OpenAI's newer name for max_tokens")
+
+    @property
+    def answer_tokens(self) -> int | None:
+        """The smaller of ``max_tokens`` and ``max_completion_tokens`` given (None: the config's limit)."""
+        given = [n for n in (self.max_tokens, self.max_completion_tokens) if n is not None]
+        return min(given) if given else None
 
 
 class SearchRequest(BaseModel):
@@ -95,6 +105,9 @@ class CohereRerankRequest(BaseModel):
     documents: list[StrictStr | TextDocument]
     top_n: StrictInt | None = Field(None, gt=0)
     return_documents: StrictBool | None = None
+    max_tokens_per_doc: StrictInt | None = Field(
+        None, gt=0, description="tokens of each document read (default server.max_tokens_per_doc, 4096); a "
+        "document longer than the model's window is scored by overlapping windows, and gets its best window's score")
 
 
 class TeiRerankRequest(BaseModel):
@@ -105,4 +118,9 @@ class TeiRerankRequest(BaseModel):
     query: StrictStr
     texts: list[StrictStr]
     return_text: StrictBool = False
-    raw_scores: StrictBool = False
+    raw_scores: StrictBool = Field(False, description="the model's raw logit instead of the 0..1 score")
+    truncate: StrictBool | None = Field(
+        None, description="true: cut a text longer than the model's window; false: refuse it (413); "
+        "omitted: score it by overlapping windows, keeping the best")
+    truncation_direction: Literal["Right", "Left", "right", "left"] = Field(
+        "Right", description="which end truncate cuts: Right keeps the beginning, Left the end")

@@ -402,3 +402,38 @@ def test_the_openai_sdk_and_the_openai_type_get_grounded_answers_from_the_server
     failed = Pipeline.from_yaml(config).ask("vitamin D?")
     assert failed.answer is None and re.search(r"rejected the API key \(401\); the key comes from \$RAG_TEST_KEY",
                                                failed.answer_error)
+
+
+def test_chat_max_tokens_is_honoured_and_capped_by_the_config(answer_config):
+    """OpenAI's max_tokens (and max_completion_tokens) limit the answer; the config's max_tokens (12) caps them."""
+    pytest.importorskip("fastapi")
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from pipeline.config import load_config
+    from server import create_app
+
+    question = [{"role": "user", "content": "vitamin D?"}]
+    with TestClient(create_app({"tiny": load_config(answer_config)})) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        def chat(**extra):
+            response = client.post("/v1/chat/completions", json={"model": "tiny", "messages": question, **extra})
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        full = chat()["usage"]["completion_tokens"]
+        assert 3 < full <= 12
+        short = chat(max_tokens=3)
+        assert short["usage"]["completion_tokens"] <= 3 and short["choices"][0]["finish_reason"] == "length"
+        assert chat(max_completion_tokens=2)["usage"]["completion_tokens"] <= 2
+        assert chat(max_tokens=500)["usage"]["completion_tokens"] == full  # capped by generator.max_tokens
+        events = client.post("/v1/chat/completions", json={
+            "model": "tiny", "messages": question, "max_tokens": 3, "stream": True,
+            "stream_options": {"include_usage": True}}).text
+        usage = [json.loads(line[6:]) for line in events.splitlines() if line.startswith("data: {")][-1]["usage"]
+        assert usage["completion_tokens"] <= 3
+        assert client.post("/v1/chat/completions", json={"messages": question, "max_tokens": 0}).status_code == 422

@@ -302,3 +302,33 @@ def test_unknown_backend_and_skip_on_runtime_are_config_errors(model_copy):
         CrossEncoderReranker.Params(model=str(model_copy), backend="tensorrt")
     with pytest.raises(ConfigError, match="quantize_skip applies to backend torch"):
         _stage(model_copy, backend="onnx", quantize="int8", quantize_skip=["dense"]).load()
+
+
+def test_window_spans_cover_every_token_with_overlap():
+    from pipeline.rerankers.cross_encoder import window_spans
+
+    assert window_spans(3, 4) == [(0, 3)]
+    spans = window_spans(1000, 100)
+    assert spans[0] == (0, 100) and spans[-1] == (900, 1000) and all(e - s == 100 for s, e in spans)
+    assert all(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # neighbours overlap
+    assert set().union(*(range(s, e) for s, e in spans)) == set(range(1000))
+
+
+def test_long_passages_windows_scores_a_long_chunk_by_its_best_window(tiny_reranker_dir):
+    """reranker.long_passages: windows in the pipeline: a long passage gets its best window's score."""
+    from pipeline.types import ScoreOptions
+
+    params = CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu", max_length=32,
+                                         long_passages="windows")
+    stage = CrossEncoderReranker(params).load()
+    long = " ".join(PASSAGES * 3)
+    windows, owners = stage._pieces("vitamin D", [long, "vitamin D"], ScoreOptions())
+    assert owners.count(0) > 2 and owners.count(1) == 1
+    expected = max(stage.score("vitamin D", [w])[0] for w, o in zip(windows, owners) if o == 0)
+    scores = stage.score("vitamin D", [long, "vitamin D"])
+    assert scores[0] == pytest.approx(expected, abs=1e-6)
+    truncating = CrossEncoderReranker(params.model_copy(update={"long_passages": "truncate"})).load()
+    assert truncating.score("vitamin D", [long])[0] == pytest.approx(truncating.score("vitamin D", [windows[0]])[0],
+                                                                     abs=1e-6)  # its first window only
+    with pytest.raises(ValueError, match="long_passages"):
+        CrossEncoderReranker.Params(model="m", long_passages="split")

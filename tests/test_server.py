@@ -418,3 +418,118 @@ def test_configs_differing_in_mix_share_the_model_but_rank_with_their_own(setup,
             body = test_client.post("/v1/ask", json={"query": QUERY, "top_k": 6, "top_n": 6, "config": mix}).json()
             alone = Pipeline(config).ask(QUERY, 6, 6)
             assert [round(h["score"], 5) for h in body["reranked"]] == [round(h.score, 5) for h in alone.reranked]
+
+
+# -- client semantics: OpenAI models, bounded top_k, long documents, TEI options, long lists ------
+
+LONG_DOC = " ".join([f"Paragraph {i} talks about the weather in town number {i} and nothing else." for i in range(50)]
+                    + ["Vitamin D deficiency causes bone pain and weak muscles."] * 8)  # a different end
+RERANKER_MODEL = ROOT / "models" / "minilm-reranker"
+
+
+def _stage(client, name="tiny"):
+    """The loaded reranker stage behind a served config's batching queue."""
+    return client.app.state.pipelines.served[name].pipeline.reranker.reranker
+
+
+def test_models_list_with_the_openai_sdk(client):
+    openai = pytest.importorskip("openai")
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
+    models = sdk.models.list()
+    assert [m.id for m in models.data] == ["tiny", "plain"] and all(m.object == "model" for m in models.data)
+    assert sdk.models.retrieve("plain").id == "plain"
+    missing = client.get("/v1/models/nope")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize("path", ["/v1/ask", "/v1/search"])
+def test_top_k_is_bounded(client, path):
+    response = client.post(path, json={"query": QUERY, "top_k": 1_000_000_000})
+    assert response.status_code == 422, response.text
+    assert response.json()["message"] == "top_k is 1000000000; the limit is 1000 (server.max_top_k)"
+    assert client.post(path, json={"query": QUERY, "top_k": 1000}).status_code == 200
+
+
+def test_cohere_long_documents_are_scored_by_their_best_window(client):
+    from pipeline.types import ScoreOptions
+
+    stage = _stage(client)
+    query = "weather in town number 59"
+    windows, owners = stage._pieces(query, [LONG_DOC], ScoreOptions(long="windows"))
+    assert len(windows) > 3 and set(owners) == {0} and windows[-1].endswith(LONG_DOC[-30:])
+    best = float(np.max(stage.score(query, windows)))
+    body = client.post("/v1/rerank", json={"query": query, "documents": [LONG_DOC, "Paragraph"]}).json()
+    by_index = {r["index"]: r["relevance_score"] for r in body["results"]}
+    assert by_index[0] == pytest.approx(best, abs=1e-5)
+    # max_tokens_per_doc: only the first 20 tokens are read (one window: the model's whole view)
+    tokens = stage._tokenizer(LONG_DOC, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    head = LONG_DOC[: tokens[19][1]]
+    cut = client.post("/v2/rerank", json={"query": query, "documents": [LONG_DOC], "max_tokens_per_doc": 20}).json()
+    assert cut["results"][0]["relevance_score"] == pytest.approx(float(stage.score(query, [head])[0]), abs=1e-5)
+
+
+def test_tei_truncate_direction_raw_scores_and_return_text(client):
+    stage = _stage(client)
+    query = "weather"
+    texts = ["short text about the weather", LONG_DOC]
+    raw = client.post("/rerank", json={"query": query, "texts": texts[:1], "raw_scores": True}).json()
+    assert raw[0]["score"] == pytest.approx(float(stage.logits(query, texts[:1])[0]), abs=1e-4)
+    refused = client.post("/rerank", json={"query": query, "texts": texts, "truncate": False})
+    assert refused.status_code == 413 and "passage 1 is" in refused.json()["message"]
+    left = client.post("/rerank", json={"query": query, "texts": texts, "truncate": True,
+                                        "truncation_direction": "Left", "return_text": True}).json()
+    right = client.post("/rerank", json={"query": query, "texts": texts, "truncate": True}).json()
+    assert {r["index"]: r["text"] for r in left} == dict(enumerate(texts))
+    tail_score = {r["index"]: r["score"] for r in left}[1]
+    head_score = {r["index"]: r["score"] for r in right}[1]
+    assert head_score == pytest.approx(float(stage.score(query, [LONG_DOC])[0]), abs=1e-5)  # the end cut
+    assert tail_score != pytest.approx(head_score, abs=1e-6)  # another part of the text was read
+    bad = client.post("/rerank", json={"query": query, "texts": texts, "truncation_direction": "Up"})
+    assert bad.status_code == 422
+
+
+def test_a_long_candidate_list_is_served_in_batches_up_to_the_hard_limit(setup, tiny_embedder_dir,
+                                                                         tiny_reranker_dir):
+    path = write_config(setup["tmp"] / "many.yaml", str(tiny_embedder_dir), setup["index"], str(tiny_reranker_dir),
+                        server={"max_documents": 2000, "max_batch_pairs": 256})
+    with TestClient(create_app({"many": load_config(path)})) as test_client:
+        _wait_ready(test_client)
+        batcher = test_client.app.state.pipelines.batchers[0]
+        sizes = []
+        batcher.on_batch = lambda requests, pairs, seconds: sizes.append(pairs)
+        documents = [f"document {i} about vitamin D and bones" for i in range(1500)]
+        response = test_client.post("/v1/rerank", json={"query": "vitamin D", "documents": documents})
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert sorted(r["index"] for r in results) == list(range(1500))
+        assert max(sizes) <= 256 and sum(sizes) == 1500  # six batches, none over the cap
+        expected = batcher.reranker.score("vitamin D", documents)
+        got = np.array([r["relevance_score"] for r in sorted(results, key=lambda r: r["index"])])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        over = test_client.post("/v1/rerank", json={"query": "q", "documents": ["d"] * 2001})
+        assert over.status_code == 413 and "server.max_documents" in over.json()["message"]
+
+
+@pytest.mark.skipif(not RERANKER_MODEL.is_dir(), reason="models/minilm-reranker is not here")
+def test_a_long_document_with_the_answer_at_its_end_ranks_first(setup, tiny_embedder_dir):
+    """A ~3,000-token document whose last paragraph answers the query beats documents that only share words."""
+    filler = " ".join(f"Section {i}: the committee met and discussed the budget, the parking rules and the "
+                      f"schedule of the library for the coming months." for i in range(120))
+    answer = ("Vitamin D deficiency causes bone pain, muscle weakness, and in children rickets, "
+              "because the body cannot absorb calcium without it.")
+    documents = ["Vitamin D is a word that appears in many places.", filler + " " + answer,
+                 "Deficiency symptoms of iron include fatigue."]
+    path = write_config(setup["tmp"] / "minilm.yaml", str(tiny_embedder_dir), setup["index"], str(RERANKER_MODEL),
+                        reranker={"max_length": 256})
+    with TestClient(create_app({"minilm": load_config(path)})) as test_client:
+        _wait_ready(test_client)
+        stage = _stage(test_client, "minilm")
+        assert len(stage._tokenizer(documents[1], add_special_tokens=False)["input_ids"]) > 3000
+        body = test_client.post("/v1/rerank", json={"query": "symptoms of vitamin D deficiency",
+                                                    "documents": documents, "max_tokens_per_doc": 8192}).json()
+        assert body["results"][0]["index"] == 1, body
+        # cut to its first tokens, as before windows, the model never sees the answer
+        cut = test_client.post("/rerank", json={"query": "symptoms of vitamin D deficiency", "texts": documents,
+                                                "truncate": True}).json()
+        best, first = body["results"][0]["relevance_score"], {r["index"]: r["score"] for r in cut}[1]
+        assert best > first + 0.05, (best, first)

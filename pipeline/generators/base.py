@@ -60,32 +60,39 @@ class ChatGenerator:
         """``text`` cut to at most ``tokens`` tokens."""
         raise NotImplementedError
 
-    def chat(self, messages: list[dict[str, str]], usage: dict[str, Any]) -> Iterator[str]:
-        """Stream the reply's text pieces; fill ``usage`` (``prompt_tokens``, ``completion_tokens``,
-        ``finish_reason``) with what the model reports, when it reports it."""
+    def chat(self, messages: list[dict[str, str]], usage: dict[str, Any], max_tokens: int) -> Iterator[str]:
+        """Stream the reply's text pieces, at most ``max_tokens`` tokens; fill ``usage`` (``prompt_tokens``,
+        ``completion_tokens``, ``finish_reason``) with what the model reports, when it reports it."""
         raise NotImplementedError
 
     # -- the answer, shared ------------------------------------------------------------------
-    def prompt(self, query: str, hits: Sequence[Hit]) -> Prompt:
-        """The rendered prompt for ``query`` over ``hits``, fitted to the window."""
-        return build_prompt(
-            self.params, query, hits, count=self.count_messages, truncate=self.truncate, window=self.window()
-        )
+    def prompt(self, query: str, hits: Sequence[Hit], max_tokens: int | None = None) -> Prompt:
+        """The rendered prompt for ``query`` over ``hits``, fitted to the window with room for the answer."""
+        params = self.params.model_copy(update={"max_tokens": self.answer_tokens(max_tokens)})
+        return build_prompt(params, query, hits, count=self.count_messages, truncate=self.truncate,
+                            window=self.window())
 
-    def generate(self, query: str, hits: Sequence[Hit]) -> Answer:
-        """Answer ``query`` from ``hits`` (numbered ``[1]..[n]`` in order) with checked citations."""
-        *_, answer = self.stream(query, hits)  # the text pieces, then the Answer
+    def answer_tokens(self, max_tokens: int | None = None) -> int:
+        """The answer's token limit: ``max_tokens`` when given, capped by the config's ``max_tokens`` (the budget)."""
+        return self.params.max_tokens if max_tokens is None else max(1, min(max_tokens, self.params.max_tokens))
+
+    def generate(self, query: str, hits: Sequence[Hit], max_tokens: int | None = None) -> Answer:
+        """Answer ``query`` from ``hits`` (numbered ``[1]..[n]`` in order) with checked citations.
+
+        ``max_tokens`` lowers the answer's length limit for this call; the config's ``max_tokens`` caps it.
+        """
+        *_, answer = self.stream(query, hits, max_tokens)  # the text pieces, then the Answer
         return answer
 
-    def stream(self, query: str, hits: Sequence[Hit]) -> Iterator[str | Answer]:
+    def stream(self, query: str, hits: Sequence[Hit], max_tokens: int | None = None) -> Iterator[str | Answer]:
         """Like :meth:`generate`, but yields the reply's text pieces as they come, then the :class:`Answer`."""
         self.load()
-        prompt = self.prompt(query, hits)
+        prompt = self.prompt(query, hits, max_tokens)
         usage: dict[str, Any] = {}
         timings: dict[str, float] = {}
         parts: list[str] = []
         start = time.perf_counter()
-        for piece in self.chat(prompt.messages, usage):
+        for piece in self.chat(prompt.messages, usage, self.answer_tokens(max_tokens)):
             if not piece:
                 continue
             if "first_token" not in timings:

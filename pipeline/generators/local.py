@@ -172,7 +172,7 @@ class LocalGenerator(ChatGenerator):
         ids = self._ids(text)
         return text if len(ids) <= tokens else self.tokenizer.decode(ids[:tokens], skip_special_tokens=True)
 
-    def chat(self, messages: list[dict[str, str]], usage: dict[str, Any]) -> Iterator[str]:
+    def chat(self, messages: list[dict[str, str]], usage: dict[str, Any], max_tokens: int) -> Iterator[str]:
         """Greedy (or sampled) decoding in a worker thread, streamed piece by piece."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -195,7 +195,7 @@ class LocalGenerator(ChatGenerator):
             try:
                 with torch.inference_mode():
                     outcome["ids"] = model.generate(
-                        **inputs, streamer=streamer, max_new_tokens=self.params.max_tokens, pad_token_id=pad,
+                        **inputs, streamer=streamer, max_new_tokens=max_tokens, pad_token_id=pad,
                         repetition_penalty=self.params.repetition_penalty,
                         stopping_criteria=StoppingCriteriaList([Cancelled()]), **sampling,
                     )
@@ -216,4 +216,4 @@ class LocalGenerator(ChatGenerator):
         prompt_tokens = int(inputs["input_ids"].shape[1])
         completion = int(outcome["ids"].shape[1]) - prompt_tokens
         usage.update(prompt_tokens=prompt_tokens, completion_tokens=completion,
-                     finish_reason="length" if completion >= self.params.max_tokens else "stop")
+                     finish_reason="length" if completion >= max_tokens else "stop")

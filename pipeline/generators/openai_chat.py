@@ -86,7 +86,7 @@ class OpenAIGenerator(ChatGenerator):
     def truncate(self, text: str, tokens: int) -> str:
         return text.encode("utf-8")[: tokens * BYTES_PER_TOKEN].decode("utf-8", errors="ignore")
 
-    def chat(self, messages: list[dict[str, str]], usage: dict[str, Any]) -> Iterator[str]:
+    def chat(self, messages: list[dict[str, str]], usage: dict[str, Any], max_tokens: int) -> Iterator[str]:
         import openai
 
         self.load()
@@ -95,7 +95,7 @@ class OpenAIGenerator(ChatGenerator):
                 model=self.params.model,
                 messages=messages,
                 temperature=self.params.temperature,
-                max_tokens=self.params.max_tokens,
+                max_tokens=max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
             )

@@ -25,7 +25,11 @@ sigmoid so they fall in 0..1. The model is loaded with sentence-transformers'
 * the score is ``sigmoid(a * logit + b)`` with ``a, b`` from the model folder's
   ``calibration.json`` when there is one (:mod:`pipeline.rerankers.calibration`;
   ``calibrate: false`` gives the plain sigmoid), and :meth:`CrossEncoderReranker.logits`
-  returns the raw logit.
+  returns the raw logit;
+* a passage longer than the window beside the query is truncated (``long_passages: truncate``)
+  or split into windows of the model's length overlapping by a quarter, each scored, the passage
+  getting its best window's score (``long_passages: windows``); a caller of ``score_many`` can ask
+  for either per request (:class:`~pipeline.types.ScoreOptions`: the server's rerank routes do).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from pydantic import AfterValidator, Field, PositiveInt
 
 from pipeline.batching import run_length_sorted
 from pipeline.device import check_device_name, resolve_device
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, PassageTooLongError
 from pipeline.languages import LanguageGuard, card_languages, scripts_of
 from pipeline.models import load_cross_encoder, resolve_model
 from pipeline.params import RerankerParams
@@ -300,7 +304,8 @@ class CrossEncoderReranker(Scorer):
         cap = max(1, int(self.params.max_length * self.params.query_max_share))
         query_tokens = min(len(tokenizer(query, add_special_tokens=False)["input_ids"]), cap)
         budget = max(1, self.params.max_length - query_tokens - tokenizer.num_special_tokens_to_add(pair=True))
-        offsets = tokenizer(list(passages), add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = tokenizer(list(passages), add_special_tokens=False, return_offsets_mapping=True,
+                            verbose=False)["offset_mapping"]  # (no warning: long passages are expected here)
         pieces: list[str] = []
         owners: list[int] = []
         for i, (passage, spans) in enumerate(zip(passages, offsets)):
@@ -312,8 +317,9 @@ class CrossEncoderReranker(Scorer):
                 owners.append(i)
                 continue
             if long == "error":
-                raise InputError(f"passage {i} is {len(spans)} tokens; {self.params.model} reads {budget} beside "
-                                 "this query: shorten it, or let the server truncate it or score it by windows")
+                raise PassageTooLongError(
+                    f"passage {i} is {len(spans)} tokens; {self.params.model} reads {budget} beside this query: "
+                    "shorten it, truncate it, or score it by windows")
             if long == "truncate":
                 start, end = (0, budget) if options.side == "right" else (len(spans) - budget, len(spans))
                 windows = [(start, end)]
