@@ -71,6 +71,19 @@ class MissingDependencyError(RagError):
         )
 
 
+class BrokenDependencyError(RagError):
+    """An optional package is installed but fails to import; the message holds the real import error."""
+
+    exit_code = 3
+
+    def __init__(self, package: str, extra: str, purpose: str, error: BaseException) -> None:
+        cause = " ".join(str(error).split()) or type(error).__name__
+        super().__init__(
+            f"{purpose} needs the package '{package}', which is installed but fails to import ({cause}); "
+            f"install what that names, or reinstall the extra: pip install -e '.[{extra}]'"
+        )
+
+
 class StageError(RagError):
     """A stage failed at run time; wraps the cause with the stage's name and type."""
 

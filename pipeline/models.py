@@ -112,6 +112,7 @@ def _load(model_class, reference: str, role: str, **kwargs):
     """``model_class(folder or hub id, ...)`` with every way a model fails to load turned into one message."""
     from pickle import UnpicklingError
 
+    from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
 
     resolved = resolve_model(reference, role)
@@ -119,6 +120,9 @@ def _load(model_class, reference: str, role: str, **kwargs):
         return model_class(resolved.location, local_files_only=resolved.local, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelNotFoundError(f"{role}: cannot load {reference!r} from {resolved.location}: {exc}") from exc
+    except (TypeError, StrictDataclassError) as exc:  # a config.json that is JSON, but not a model's config
+        raise ModelNotFoundError(f"{role}: the config.json of {reference!r} in {resolved.location} is damaged "
+                                 f"({' '.join(str(exc).split())}); download or copy the model again") from exc
     except SafetensorError as exc:
         raise ModelNotFoundError(f"{role}: the weights of {reference!r} in {resolved.location} are damaged or "
                                  f"truncated ({exc}); download or copy the model again") from exc

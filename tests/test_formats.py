@@ -258,3 +258,45 @@ def test_an_index_built_before_format_2_still_loads(tmp_path, tiny_corpus, tiny_
 
     with pytest.raises(IndexMissingError, match="rebuild"):
         _ = Pipeline.from_yaml(config_path).index
+
+
+def test_a_format_library_that_fails_to_import_reports_the_real_error(tmp_path):
+    """trafilatura installed but lxml_html_clean missing: the error says so, not that trafilatura is missing."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = (
+        "import sys\n"
+        "sys.modules['lxml_html_clean'] = None  # as when the package is not installed\n"
+        "from indexer.readers.base import require\n"
+        "from pipeline.errors import BrokenDependencyError, MissingDependencyError\n"
+        "try:\n"
+        "    require('trafilatura', 'trafilatura', 'reading HTML files')\n"
+        "except BrokenDependencyError as exc:\n"
+        "    print('broken:', exc)\n"
+        "try:\n"
+        "    require('no_such_format_library', 'no-such', 'reading X files')\n"
+        "except MissingDependencyError as exc:\n"
+        "    print('missing:', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    broken, missing = out.stdout.splitlines()
+    assert broken.startswith("broken: reading HTML files needs the package 'trafilatura', which is installed but "
+                             "fails to import (") and "lxml_html_clean" in broken, broken
+    assert missing == ("missing: reading X files needs the package 'no-such', which is not installed; install it "
+                       "with: pip install -e '.[formats]'")
+
+
+def test_the_formats_extra_declares_what_its_readers_import():
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from tests.conftest import ROOT
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=\[;]", spec)[0].strip().lower() for spec in extra["formats"]}
+    assert {"pypdf", "cryptography", "trafilatura", "lxml_html_clean", "python-docx"} <= names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -75,3 +76,32 @@ def test_shipped_config_finds_its_model_from_any_working_directory(tmp_path, mon
     assert config.index.params.path == str(ROOT / "indexes" / "offline")
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         resolve_model("./configs", "reranker.model")  # on the command line: the working directory
+
+
+def test_a_reranker_with_a_damaged_config_json_is_a_model_error(tmp_path, tiny_embedder_dir, tiny_reranker_dir,
+                                                                 tiny_corpus, capsys):
+    """Exit 3 with one line naming the folder, on the torch path and the exported-runtime path alike."""
+    import shutil
+
+    from commands.ask import main
+    from commands.common import run
+    from indexer.build import build_index
+    from pipeline.config import load_config
+    from tests.conftest import write_config
+
+    index = tmp_path / "index"
+    build_index(tiny_corpus, load_config(write_config(tmp_path / "plain.yaml", str(tiny_embedder_dir), index)))
+    cases = [("torch", b"{not json", "is not a valid JSON file"), ("onnx", b"{not json", "is not a valid JSON file"),
+             ("onnx", b"[]", "config.json .* is damaged"),
+             ("torch", b'{"model_type": "xlm-roberta", "hidden_size": "x"}', "config.json .* is damaged")]
+    for i, (backend, content, message) in enumerate(cases):
+        model = tmp_path / f"model-{i}"
+        shutil.copytree(tiny_reranker_dir, model)
+        (model / "config.json").write_bytes(content)
+        config = write_config(tmp_path / f"c{i}.yaml", str(tiny_embedder_dir), index, str(model),
+                              reranker={"backend": backend})
+        code = run(main, ["vitamin", "--config", str(config)])
+        err = capsys.readouterr().err
+        assert code == 3, (backend, content, err)
+        assert err.count("\n") == 1 and err.startswith("error: reranker.model: ") and "unexpected" not in err
+        assert re.search(message, err), err

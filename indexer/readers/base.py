@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.errors import MissingDependencyError
+from pipeline.errors import BrokenDependencyError, MissingDependencyError
 from pipeline.store import open_regular
 from pipeline.types import Section
 
@@ -69,13 +69,20 @@ def decode_text(data: bytes) -> str:
 
 
 def require(module: str, package: str, what: str):
-    """Import an optional format library, or raise the error that names the extra to install."""
+    """Import an optional format library, or raise the error that names the extra to install.
+
+    A library that is installed but fails to import (a dependency of its own missing, as
+    ``lxml_html_clean`` for trafilatura under lxml 5.2 and later) is a :class:`BrokenDependencyError`
+    carrying the real import error, not a claim that the library is missing.
+    """
     import importlib
 
     try:
         return importlib.import_module(module)
-    except ImportError:
-        raise MissingDependencyError(package, "formats", what) from None
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] == module.split(".")[0]:  # the library itself is not installed
+            raise MissingDependencyError(package, "formats", what) from None
+        raise BrokenDependencyError(package, "formats", what, exc) from exc
 
 
 def describe_error(exc: BaseException) -> str:

@@ -48,7 +48,7 @@ from pipeline.batching import run_length_sorted
 from pipeline.device import check_device_name, resolve_device
 from pipeline.errors import ConfigError, PassageTooLongError
 from pipeline.languages import LanguageGuard, card_languages, scripts_of
-from pipeline.models import load_cross_encoder, resolve_model
+from pipeline.models import _load, load_cross_encoder, resolve_model
 from pipeline.params import RerankerParams
 from pipeline.protocols import Scorer
 from pipeline.rerankers import backends
@@ -158,7 +158,8 @@ class CrossEncoderReranker(Scorer):
             from transformers import AutoTokenizer
 
             folder = Path(resolved.location)
-            self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            # through the loader that turns a damaged folder (config.json) into a model error (exit 3)
+            self._tokenizer = _load(AutoTokenizer.from_pretrained, str(folder), "reranker.model")
             threads = self.params.threads or torch.get_num_threads()
             self._runtime, self.export_path = backends.load_runtime(
                 folder, backend, self.params.quantize, threads, self._fp32_network, self._tokenizer)
