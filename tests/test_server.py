@@ -533,3 +533,15 @@ def test_a_long_document_with_the_answer_at_its_end_ranks_first(setup, tiny_embe
                                                 "truncate": True}).json()
         best, first = body["results"][0]["relevance_score"], {r["index"]: r["score"] for r in cut}[1]
         assert best > first + 0.05, (best, first)
+
+
+def test_one_table_maps_the_project_errors_to_statuses():
+    from pipeline.errors import ConfigError, GeneratorError, InputError, PassageTooLongError, RagError, StageError
+    from server.errors import status_of
+    from server.pipelines import NotReadyError
+
+    cases = {PassageTooLongError("x"): 413, InputError("x"): 422, ConfigError("x"): 422,
+             QueueFullError("x"): 503, NotReadyError("x"): 503, GeneratorError("x"): 502, RagError("x"): 500,
+             StageError("reranker", "cross-encoder", ValueError("x")): 500}
+    assert {type(e).__name__: status_of(e)[0] for e in cases} == {type(e).__name__: s for e, s in cases.items()}
+    assert status_of(QueueFullError("x"))[2] == {"Retry-After": "1"}
