@@ -1,5 +1,9 @@
 """Ask a question: python scripts/ask.py "QUERY" [--config FILE] [--index DIR] [--json] [--answer]
-[--filter KEY=VALUE ...].
+[--filter KEY=VALUE ...] [--explain].
+
+--explain adds, per candidate, why it is where it is: its first-stage place and score (each hybrid
+retriever's place), the reranker's raw and calibrated score, the mixed score, the final place and
+why it left the final list (top_n, the per-document cap, merged into a neighbour's passage).
 
 --answer adds a cited answer under the two lists, from the config's generator: section; a config
 without one uses the bundled local model (as --set generator.type=local would). A config with a
@@ -25,6 +29,9 @@ def main(argv=None) -> int:
     parser.add_argument("--filter", dest="filters", action="append", default=[], metavar="KEY=VALUE",
                         help="search only matching chunks (repeatable): source=GLOB (e.g. 'manuals/*.pdf'), "
                              "page=N, or a metadata key matched exactly (lang=zh)")
+    parser.add_argument("--explain", action="store_true",
+                        help="per candidate: first-stage place and score, the reranker's raw and calibrated score, "
+                             "the mixed score, the final place and why it left the final list")
     answer = parser.add_mutually_exclusive_group()
     answer.add_argument("--answer", dest="generate", action="store_true", default=None,
                         help="answer from the top_n passages (the config's generator, else the bundled local model)")
@@ -35,7 +42,7 @@ def main(argv=None) -> int:
 
     from pipeline.errors import InputError
     from pipeline.pipeline import Pipeline
-    from pipeline.render import print_answer, print_side_by_side, result_to_json
+    from pipeline.render import print_answer, print_explanation, print_side_by_side, result_to_json
 
     for flag, value in (("--top-k", args.top_k), ("--top-n", args.top_n), ("--show", args.show)):
         if value is not None and value <= 0:
@@ -49,14 +56,18 @@ def main(argv=None) -> int:
         pipe = Pipeline.from_yaml(args.config, [*args.overrides, "generator.type=local"], args.index)
     generate = pipe.config.generator is not None if args.generate is None else args.generate
     if args.json:
-        result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n, filter=flt, generate=generate)
+        result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n, filter=flt, generate=generate,
+                          explain=args.explain)
         print(result_to_json(result))
         if result.answer_error:
             print(f"error: {result.answer_error}", file=sys.stderr)
             return 1
         return 0
-    result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n, filter=flt, generate=False)
+    result = pipe.ask(args.query, top_k=args.top_k, top_n=args.top_n, filter=flt, generate=False,
+                      explain=args.explain)
     print_side_by_side(result, show=args.show)
+    if result.explanation is not None:
+        print_explanation(result.explanation)
     if generate:
         sys.stdout.flush()  # the two lists show while the answer is generated
         print_answer(pipe.answer(result))  # a failure is one line on stderr, under the lists

@@ -17,9 +17,9 @@ from pipeline.context import assemble_context
 from pipeline.errors import ConfigError, IndexMismatchError, InputError, RagError, StageError
 from pipeline.filters import Filter
 from pipeline.protocols import Embedder, Generator, Retriever, Scorer
-from pipeline.scoring import RankSettings, rank_hits
+from pipeline.scoring import RankSettings, explain_candidates, rank_hits
 from pipeline.store import IndexBundle, load_index
-from pipeline.types import Answer, Hit, PipelineResult
+from pipeline.types import Answer, Explanation, Hit, PipelineResult, ScoreOptions
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ class Pipeline:
         weight: float | None = None,
         generate: bool | None = None,
         filter: Filter | Mapping[str, Any] | Sequence[str] | None = None,
+        explain: bool = False,
     ) -> PipelineResult:
         """Retrieve ``top_k`` candidates for ``query``, rerank them down to ``top_n``, and optionally answer.
 
@@ -181,6 +182,10 @@ class Pipeline:
             filter: search only chunks that match (:mod:`pipeline.filters`): ``{"source": "manuals/*.pdf",
                 "lang": "zh"}``, ``["source=manuals/*.pdf"]`` or a :class:`~pipeline.filters.Filter`. The first
                 stage applies it, so ``top_k`` candidates still come back when that many chunks match.
+            explain: fill :attr:`PipelineResult.explanation`: per candidate, its first-stage place (and each
+                hybrid retriever's), the reranker's raw and calibrated scores, the mixed score, its final place
+                and why it left the final list (:func:`pipeline.scoring.explain_candidates`). The reranker
+                scores the candidates a second time for their raw scores.
 
         The reranked list goes through context assembly (the config's ``context:``): at most
         ``max_chunks_per_doc`` chunks per document among the ``top_n``, neighbouring chunks merged.
@@ -207,7 +212,7 @@ class Pipeline:
         start = time.perf_counter()
         retrieved = self._run("retriever", lambda: self._search(query, top_k, timings, flt))
         timings["retrieve"] = time.perf_counter() - start
-        reranked, notes = None, ()
+        reranked, notes, scores, settings = None, (), None, None
         if self.reranker is not None and rerank:
             begin = time.perf_counter()
             context = self.config.context
@@ -226,6 +231,8 @@ class Pipeline:
         logger.debug("timings for %r: %s", query, timings)
         result = PipelineResult(query=query, retrieved=retrieved, reranked=reranked, top_n=top_n, timings=timings,
                                 notes=notes)
+        if explain:
+            result = replace(result, explanation=self._explain(result, scores, settings, top_k, flt))
         if not generate:
             return result
         try:
@@ -234,6 +241,21 @@ class Pipeline:
             message = " ".join(str(exc).split())
             logger.warning("no answer for %r: %s", query, message)
             return replace(result, answer_error=message)
+
+    def _explain(self, result: PipelineResult, scores, settings: RankSettings | None, top_k: int,
+                 flt: Filter | None) -> Explanation:
+        """The explanation of ``result`` (see :meth:`ask`); the raw scores are the scorer's for the same pairs."""
+        raw = None
+        if scores is not None:
+            texts = [hit.text for hit in result.retrieved]
+            options = ScoreOptions(raw=True)
+            raw = self._run("reranker", lambda: self.reranker.score_many([(result.query, texts)], options)[0])
+        context = self.config.context
+        return explain_candidates(
+            result.retrieved, result.hits, scores=scores, raw=raw, settings=settings, top_k=top_k,
+            top_n=result.top_n, max_chunks_per_doc=context.max_chunks_per_doc if scores is not None else None,
+            merge_neighbours=context.merge_neighbours and scores is not None, filter=str(flt) if flt else None,
+        )
 
     def answer(self, result: PipelineResult, max_tokens: int | None = None) -> PipelineResult:
         """``result`` with the generator's answer from its :attr:`~PipelineResult.hits` (``timings`` gains

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict
 from typing import Any
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.types import Answer, Hit, PipelineResult
+from pipeline.types import Answer, Explanation, Hit, PipelineResult
 
 
 def result_to_dict(
@@ -28,11 +29,64 @@ def result_to_dict(
     if result.answer is not None or result.answer_error is not None:
         out["answer"] = None if result.answer is None else answer_to_dict(result.answer)
         out["answer_error"] = result.answer_error
+    if result.explanation is not None:
+        out["explain"] = explanation_to_dict(result.explanation)
     if config is not None:
         out["config"] = config
     if index_version is not None:
         out["index_version"] = index_version
     return out
+
+
+def explanation_to_dict(explanation: Explanation) -> dict[str, Any]:
+    """An explanation as JSON: the settings, and per candidate (first-stage order) why it is where it is.
+
+    A score the reranker did not compute (the language guard) is null, with ``skipped`` true.
+    """
+    def number(value: float | None) -> float | None:
+        return None if value is None or math.isnan(value) else round(value, 6)
+
+    return {
+        "top_k": explanation.top_k, "top_n": explanation.top_n, "weight": explanation.weight,
+        "mix": explanation.mix, "max_chunks_per_doc": explanation.max_chunks_per_doc,
+        "merge_neighbours": explanation.merge_neighbours, "filter": explanation.filter,
+        "candidates": [
+            {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "source": c.source,
+             "first_stage": {"rank": c.first_stage_rank, "score": number(c.first_stage_score),
+                             "retrievers": {name: {"rank": rank, "score": number(score)}
+                                            for name, rank, score in c.retrievers} or None},
+             "reranker": None if c.reranker_score is None and c.reranker_raw is None else {
+                 "raw": number(c.reranker_raw), "calibrated": number(c.reranker_score), "skipped": c.skipped},
+             "mixed": number(c.mixed), "rerank_rank": c.rerank_rank, "final_rank": c.final_rank,
+             "reason": c.reason}
+            for c in explanation.candidates
+        ],
+    }
+
+
+def print_explanation(explanation: Explanation, console: Console | None = None) -> None:
+    """One row per candidate: first-stage place and score, the reranker's raw and calibrated score, the
+    mixed score and its place, the final place, and why it left the final list."""
+    console = console or Console()
+    weight = "" if explanation.weight is None else f"; weight {explanation.weight:g}, mix {explanation.mix}"
+    cap = "" if explanation.max_chunks_per_doc is None else f"; at most {explanation.max_chunks_per_doc} per document"
+    table = Table(title=f"Why: top_k {explanation.top_k} -> top_n {explanation.top_n}{weight}{cap}"
+                        + (f"; filter {explanation.filter}" if explanation.filter else ""),
+                  title_justify="left", expand=True)
+    for name, justify in (("first", "right"), ("score", "right"), ("retrievers", "left"), ("raw", "right"),
+                          ("calibrated", "right"), ("mixed", "right"), ("reranked", "right"), ("final", "right"),
+                          ("left because", "left"), ("source", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else "skipped" if math.isnan(value) else f"{value:.3f}"
+
+    for c in explanation.candidates:
+        retrievers = " ".join(f"{name} #{rank}" for name, rank, _ in c.retrievers)
+        table.add_row(f"#{c.first_stage_rank}", fmt(c.first_stage_score), retrievers, fmt(c.reranker_raw),
+                      fmt(c.reranker_score), fmt(c.mixed), "-" if c.rerank_rank is None else f"#{c.rerank_rank}",
+                      "-" if c.final_rank is None else f"#{c.final_rank}", c.reason or "", c.source)
+    console.print(table)
 
 
 def result_to_json(result: PipelineResult) -> str:
@@ -157,6 +211,7 @@ def hit_to_dict(hit: Hit) -> dict[str, Any]:
 
 def _hit_dict(hit: Hit) -> dict[str, Any]:
     data = asdict(hit)
+    del data["fused_from"]  # a hybrid hit's per-retriever places: in the explanation (explain: true) only
     data["headings"] = list(hit.headings)  # as JSON gives it back
     data["positions"] = list(hit.positions or (hit.position,))  # every chunk a (merged) passage holds
     data["rank_change"] = hit.rank_change

@@ -12,13 +12,14 @@ final list, a pure function of (hits, scores, :class:`RankSettings`). The settin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from pipeline.types import Hit
+from pipeline.types import CandidateExplanation, Explanation, Hit
 
 
 def min_max(values: np.ndarray) -> np.ndarray:
@@ -132,3 +133,56 @@ def rank_around_skipped(
     order = [i if skipped[i] else next(queue) for i in slots][:top_n]
     return [replace(hits[i], score=float(first[i] if skipped[i] else mixed[i]), rank=rank)
             for rank, i in enumerate(order, start=1)]
+
+
+def explain_candidates(
+    retrieved: Sequence[Hit],
+    final: Sequence[Hit],
+    *,
+    scores: Sequence[float] | None = None,
+    raw: Sequence[float] | None = None,
+    settings: RankSettings | None = None,
+    top_k: int,
+    top_n: int,
+    max_chunks_per_doc: int | None = None,
+    merge_neighbours: bool = False,
+    filter: str | None = None,
+) -> Explanation:
+    """Why each of ``retrieved`` ended where it did in ``final`` (the passages handed on), as
+    :class:`~pipeline.types.Explanation`; ``scores``/``raw``/``settings`` are the reranker's, None without one.
+
+    The mixed score and the place in the full reranked order come from :func:`rank_hits` with the same
+    settings over all candidates, so they are exactly what ranked the final list.
+    """
+    reranked: dict[str, Hit] = {}
+    if scores is not None and settings is not None:
+        full = rank_hits(retrieved, scores, replace(settings, top_n=max(len(retrieved), 1)))
+        reranked = {hit.chunk_id: hit for hit in full}
+    where: dict[tuple[str, int], Hit] = {}  # (doc, position) -> the final passage holding it
+    for passage in final:
+        for position in passage.positions or (passage.position,):
+            where[(passage.doc_id, position)] = passage
+    out = []
+    for i, hit in enumerate(retrieved):
+        ranked = reranked.get(hit.chunk_id)
+        passage = where.get((hit.doc_id, hit.position))
+        order = ranked.rank if ranked is not None else hit.rank
+        if passage is not None:
+            reason = None if passage.chunk_id == hit.chunk_id else "merged"
+        else:
+            reason = "per_document_cap" if max_chunks_per_doc is not None and order <= top_n else "top_n"
+        score = None if scores is None else float(scores[i])
+        out.append(CandidateExplanation(
+            chunk_id=hit.chunk_id, doc_id=hit.doc_id, source=hit.source,
+            first_stage_rank=hit.retrieval_rank, first_stage_score=float(hit.retrieval_score),
+            retrievers=hit.fused_from,
+            reranker_raw=None if raw is None else float(raw[i]), reranker_score=score,
+            skipped=score is not None and math.isnan(score),
+            mixed=None if ranked is None else float(ranked.score), rerank_rank=None if ranked is None else ranked.rank,
+            final_rank=None if passage is None else passage.rank, reason=reason,
+        ))
+    return Explanation(
+        top_k=top_k, top_n=top_n, weight=None if settings is None else settings.weight,
+        mix=None if settings is None else settings.mix, max_chunks_per_doc=max_chunks_per_doc,
+        merge_neighbours=merge_neighbours, filter=filter, candidates=tuple(out),
+    )

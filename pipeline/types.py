@@ -86,7 +86,9 @@ class Hit:
     view so a reranked list can show how far each hit moved. ``page``,
     ``headings`` and ``metadata`` are the chunk's; ``positions`` lists every chunk
     position of a passage that context assembly merged from neighbouring chunks
-    (empty for a single chunk, whose position is ``position``).
+    (empty for a single chunk, whose position is ``position``). ``fused_from`` is, for a hit of a
+    hybrid first stage, ``(retriever, rank, score)`` for each fused list that found it (empty otherwise;
+    shown by ``explain``, not in a hit's JSON).
     """
 
     chunk_id: str
@@ -103,6 +105,7 @@ class Hit:
     headings: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     positions: tuple[int, ...] = ()
+    fused_from: tuple[tuple[str, int, float], ...] = ()
 
     @property
     def rank_change(self) -> int:
@@ -130,6 +133,7 @@ class PipelineResult:
     answer: Answer | None = None
     answer_error: str | None = None
     notes: tuple[str, ...] = ()  # what a stage wants the reader to know, e.g. candidates the reranker skipped
+    explanation: Explanation | None = None  # per candidate, why it is where it is (``ask(explain=True)``)
 
     @property
     def hits(self) -> list[Hit]:
@@ -222,3 +226,51 @@ class ScoreOptions:
 
 
 DEFAULT_SCORE_OPTIONS = ScoreOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateExplanation:
+    """Why one first-stage candidate ended where it did (``Pipeline.ask(explain=True)``).
+
+    ``retrievers``: for a hybrid first stage, ``(retriever, rank, score)`` per fused list that found it,
+    and ``first_stage_score`` is the fused score. ``reranker_raw`` / ``reranker_score``: the model's raw
+    score (a logit) and its calibrated 0..1 score, NaN when the scorer did not score the pair
+    (``skipped``: the language guard), None without a reranker. ``mixed``: the score it was ranked by
+    (the reranker's share ``weight`` mixed with the first stage's), ``rerank_rank`` its place in that
+    ranking of all candidates, ``final_rank`` its place among the ``top_n`` passages (a merged passage's
+    rank for a chunk merged into it), ``reason`` why it is not in them by itself: ``top_n`` (ranked below),
+    ``per_document_cap`` (its document already had ``max_chunks_per_doc`` chunks above it) or ``merged``
+    (joined to a neighbouring chunk's passage); None when it is a passage of the final list.
+    """
+
+    chunk_id: str
+    doc_id: str
+    source: str
+    first_stage_rank: int
+    first_stage_score: float
+    retrievers: tuple[tuple[str, int, float], ...]
+    reranker_raw: float | None
+    reranker_score: float | None
+    skipped: bool
+    mixed: float | None
+    rerank_rank: int | None
+    final_rank: int | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """The settings a ranking used and one :class:`CandidateExplanation` per candidate, in first-stage order.
+
+    ``filter``: the metadata filter the first stage applied (chunks it excluded were never candidates).
+    ``weight`` and ``mix`` are None when no reranker ran.
+    """
+
+    top_k: int
+    top_n: int
+    weight: float | None
+    mix: str | None
+    max_chunks_per_doc: int | None
+    merge_neighbours: bool
+    filter: str | None
+    candidates: tuple[CandidateExplanation, ...]

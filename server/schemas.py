@@ -30,6 +30,7 @@ class AskRequest(BaseModel):
     config: StrictStr | None = Field(None, description="name of the config to answer with (default: the first)")
     answer: StrictBool | None = Field(
         None, description="answer from the top_n passages with the config's generator (default: when it has one)")
+    explain: StrictBool = Field(False, description="add 'explain': per candidate, why it is where it is")
 
 
 class ChatMessage(BaseModel):
@@ -81,6 +82,7 @@ class SearchRequest(BaseModel):
     top_k: StrictInt | None = Field(None, gt=0)
     filter: dict[str, Any] | list[Any] | None = Field(None, description="as in /v1/ask")
     config: StrictStr | None = None
+    explain: StrictBool = Field(False, description="add 'explain': per candidate, its first-stage place and score")
 
 
 class TextDocument(BaseModel):

@@ -23,12 +23,20 @@ from pipeline.types import Hit
 FUSIONS = ("rrf", "dbsf")
 
 
-def _fused_list(scores: dict[str, float], first: dict[str, tuple[int, int, Hit]], top_k: int | None) -> list[Hit]:
+def _fused_list(
+    scores: dict[str, float], first: dict[str, tuple[int, int, Hit]], top_k: int | None,
+    rankings: Sequence[Sequence[Hit]], names: Sequence[str] | None,
+) -> list[Hit]:
     order = sorted(scores, key=lambda cid: (-scores[cid], first[cid][0], first[cid][1]))
     if top_k is not None:
         order = order[:top_k]
+    places: dict[str, list[tuple[str, int, float]]] = {}
+    for name, ranking in zip(names or (), rankings):  # where each list had it, for explain
+        for rank, hit in enumerate(ranking, start=1):
+            places.setdefault(hit.chunk_id, []).append((name, rank, float(hit.retrieval_score)))
     return [
-        replace(first[cid][2], score=scores[cid], rank=rank, retrieval_score=scores[cid], retrieval_rank=rank)
+        replace(first[cid][2], score=scores[cid], rank=rank, retrieval_score=scores[cid], retrieval_rank=rank,
+                fused_from=tuple(places.get(cid, ())))
         for rank, cid in enumerate(order, start=1)
     ]
 
@@ -50,11 +58,13 @@ def _best_places(rankings: Sequence[Sequence[Hit]]) -> dict[str, tuple[int, int,
 
 
 def reciprocal_rank_fusion(
-    rankings: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = 60, top_k: int | None = None
+    rankings: Sequence[Sequence[Hit]], weights: Sequence[float], k: int = 60, top_k: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Hit]:
     """Fuse ranked lists of hits (matched by ``chunk_id``) by weighted RRF, ``sum_i w_i / (k + rank_i)``.
 
     ``k`` flattens the difference between top and lower ranks; ``top_k`` keeps that many (all when None).
+    ``names`` (one per list) fill each fused hit's ``fused_from`` with its rank and score in each list.
 
     Returns:
         New hits sorted by fused score (ties: the better best rank, then the earlier list); ``score``,
@@ -70,11 +80,12 @@ def reciprocal_rank_fusion(
     for ranking, weight in zip(rankings, weights):
         for rank, hit in enumerate(ranking, start=1):
             fused[hit.chunk_id] = fused.get(hit.chunk_id, 0.0) + weight / (k + rank)
-    return _fused_list(fused, _best_places(rankings), top_k)
+    return _fused_list(fused, _best_places(rankings), top_k, rankings, names)
 
 
 def distribution_fusion(
-    rankings: Sequence[Sequence[Hit]], weights: Sequence[float], top_k: int | None = None
+    rankings: Sequence[Sequence[Hit]], weights: Sequence[float], top_k: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Hit]:
     """Fuse ranked lists by distribution-based score fusion (see the module docstring).
 
@@ -97,18 +108,18 @@ def distribution_fusion(
         scaled = np.clip((scores - (mean - 3 * sd)) / (6 * sd), 0.0, 1.0) if sd > 0 else np.full(scores.shape, 0.5)
         for hit, value in zip(ranking, scaled):
             fused[hit.chunk_id] = fused.get(hit.chunk_id, 0.0) + weight * float(value)
-    return _fused_list(fused, _best_places(rankings), top_k)
+    return _fused_list(fused, _best_places(rankings), top_k, rankings, names)
 
 
 def fuse(
     method: str, rankings: Sequence[Sequence[Hit]], weights: Sequence[float], *, rrf_k: int = 60,
-    top_k: int | None = None,
+    top_k: int | None = None, names: Sequence[str] | None = None,
 ) -> list[Hit]:
-    """Fuse with ``method`` (``rrf`` or ``dbsf``)."""
+    """Fuse with ``method`` (``rrf`` or ``dbsf``); ``names`` label the lists in each hit's ``fused_from``."""
     if method == "rrf":
-        return reciprocal_rank_fusion(rankings, weights, rrf_k, top_k)
+        return reciprocal_rank_fusion(rankings, weights, rrf_k, top_k, names)
     if method == "dbsf":
-        return distribution_fusion(rankings, weights, top_k)
+        return distribution_fusion(rankings, weights, top_k, names)
     raise ValueError(f"unknown fusion {method!r}; expected one of {', '.join(FUSIONS)}")
 
 

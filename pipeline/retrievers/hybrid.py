@@ -73,7 +73,7 @@ class HybridRetriever:
         start = time.perf_counter()
         weights = (self.params.weights.dense, self.params.weights.bm25)
         fused = [
-            fuse(self.params.fusion, (d, b), weights, rrf_k=self.params.rrf_k, top_k=top_k)
+            fuse(self.params.fusion, (d, b), weights, rrf_k=self.params.rrf_k, top_k=top_k, names=("dense", "bm25"))
             for d, b in zip(dense, lexical)
         ]
         if timings is not None:

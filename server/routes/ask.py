@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from pipeline.render import hit_to_dict, result_to_dict
+from pipeline.render import explanation_to_dict, hit_to_dict, result_to_dict
+from pipeline.scoring import explain_candidates
 from server.schemas import AskRequest, SearchRequest
 from server.service import App, authorize
 
@@ -21,7 +22,7 @@ def ask(body: AskRequest, app: App) -> dict[str, Any]:
     query = app.check_query(body.query)
     served, pipe = app.pipeline(body.config)
     result = pipe.ask(query, app.check_top_k(body.top_k), body.top_n, rerank=body.reranker, weight=body.weight,
-                      generate=body.answer, filter=flt)
+                      generate=body.answer, filter=flt, explain=body.explain)
     app.metrics.observe_timings(result.timings)
     return result_to_dict(result, config=served.name, index_version=pipe.version)
 
@@ -38,10 +39,14 @@ def search(body: SearchRequest, app: App) -> dict[str, Any]:
     hits = pipe.search(query, top_k, timings, filter=flt)
     timings["total"] = time.perf_counter() - start
     app.metrics.observe_timings(timings)
-    return {
+    out = {
         "query": query,
         "retrieved": [hit_to_dict(h) for h in hits],
         "timings_ms": {k: round(v * 1000, 2) for k, v in timings.items()},
         "config": served.name,
         "index_version": pipe.version,
     }
+    if body.explain:
+        out["explain"] = explanation_to_dict(explain_candidates(hits, hits, top_k=top_k, top_n=len(hits),
+                                                                filter=str(flt) if flt else None))
+    return out
