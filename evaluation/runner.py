@@ -49,6 +49,7 @@ from pipeline.config import ContextParams, PipelineConfig, load_config
 from pipeline.context import assemble_context
 from pipeline.errors import ConfigError
 from pipeline.protocols import Scorer
+from pipeline.types import DEFAULT_SCORE_OPTIONS, ScoreOptions
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,14 @@ class CachedScorer(Scorer):
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         scores, self.last_cost = self.cache.scores(self.reranker, query, passages)
         return scores
+
+    def score_many(
+        self, requests: Sequence[tuple[str, Sequence[str]]], options: ScoreOptions = DEFAULT_SCORE_OPTIONS
+    ) -> list[np.ndarray]:
+        """Default options: through the cache; others (raw scores, long passages) straight to the scorer."""
+        if options == DEFAULT_SCORE_OPTIONS:
+            return [self.score(query, passages) for query, passages in requests]
+        return self.reranker.score_many(requests, options)
 
 
 @dataclass

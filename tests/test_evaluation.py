@@ -319,3 +319,22 @@ def test_configs_differing_only_in_mix_each_rank_with_their_own(tmp_path, tiny_c
         alone = evaluate_configs(load_collection(tiny_collection), [spec], cache).results[0]
         assert {q: rec.final for q, rec in alone.records.items()} == finals[spec.name], spec.name
     assert finals["score"] != finals["minmax"]  # the mix matters here, so sharing it would show
+
+
+def test_cached_scorer_scores_through_the_cache_and_forwards_other_options(tiny_reranker_dir):
+    import numpy as np
+
+    from evaluation.runner import CachedScorer
+    from pipeline.protocols import Scorer
+    from pipeline.rerankers.cross_encoder import CrossEncoderReranker
+    from pipeline.types import ScoreOptions
+
+    stage = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu"))
+    cached = CachedScorer(stage, ScoreCache())
+    assert isinstance(cached, Scorer) and cached.describe()["type"] == "cross-encoder"
+    passages = ["vitamin D", "bone pain"]
+    np.testing.assert_allclose(cached.score_many([("q", passages)])[0], stage.score("q", passages), atol=1e-6)
+    assert cached.cache.computed == 2 and cached.score("q", passages) is not None and cached.cache.reused == 2
+    raw = cached.score_many([("q", passages)], ScoreOptions(raw=True))[0]
+    np.testing.assert_allclose(raw, stage.logits("q", passages), atol=1e-6)
+    assert cached.cache.computed == 2  # the raw scores did not go into the cache

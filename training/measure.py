@@ -26,7 +26,7 @@ from pipeline.config import PipelineConfig
 from pipeline.protocols import Scorer
 from pipeline.rerankers.cross_encoder import CrossEncoderReranker
 from pipeline.scoring import RankSettings, rank_hits
-from pipeline.types import Hit
+from pipeline.types import DEFAULT_SCORE_OPTIONS, Hit, ScoreOptions
 from training.data import DevQuery
 from training.first_stage import FirstStage
 
@@ -75,6 +75,14 @@ class PairScores(Scorer):
         scores, _ = self.cache.scores(self.stage, query, passages)
         self.seconds += time.perf_counter() - start
         return scores
+
+    def score_many(
+        self, requests: Sequence[tuple[str, Sequence[str]]], options: ScoreOptions = DEFAULT_SCORE_OPTIONS
+    ) -> list[np.ndarray]:
+        """Default options: through the cache; others (raw scores, long passages) straight to the stage."""
+        if options == DEFAULT_SCORE_OPTIONS:
+            return [self.score(query, passages) for query, passages in requests]
+        return self.stage.score_many(requests, options)
 
 
 def rerank_all(stage: CrossEncoderReranker, hits: Sequence[Hit], scores, weight: float) -> list[str]:
