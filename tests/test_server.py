@@ -545,3 +545,18 @@ def test_one_table_maps_the_project_errors_to_statuses():
              StageError("reranker", "cross-encoder", ValueError("x")): 500}
     assert {type(e).__name__: status_of(e)[0] for e in cases} == {type(e).__name__: s for e, s in cases.items()}
     assert status_of(QueueFullError("x"))[2] == {"Retry-After": "1"}
+
+
+def test_server_timing_header_names_each_stage(client):
+    import re
+
+    response = client.post("/v1/ask", json={"query": QUERY, "top_k": 6, "top_n": 3})
+    timing = dict(re.findall(r"(\w+);dur=([\d.]+)", response.headers["server-timing"]))
+    body = response.json()
+    assert set(timing) == set(body["timings_ms"]) >= {"embed", "search", "retrieve", "rerank", "total"}
+    for stage, ms in body["timings_ms"].items():
+        assert float(timing[stage]) == pytest.approx(ms, abs=0.051)
+    assert "search;dur=" in client.post("/v1/search", json={"query": QUERY}).headers["server-timing"]
+    rerank = client.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
+    assert re.fullmatch(r"rerank;dur=[\d.]+", rerank.headers["server-timing"])
+    assert "rerank;dur=" in client.post("/rerank", json={"query": "q", "texts": ["a"]}).headers["server-timing"]

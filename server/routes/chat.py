@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
 from pipeline.errors import GeneratorError, RagError
@@ -16,7 +16,7 @@ from pipeline.render import answer_to_dict
 from pipeline.types import Answer
 from server.errors import ApiError
 from server.schemas import ChatRequest
-from server.service import App, authorize
+from server.service import App, authorize, server_timing
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ router = APIRouter(tags=["pipeline"], dependencies=[Depends(authorize)])
 
 
 @router.post("/v1/chat/completions")
-def chat_completions(body: ChatRequest, app: App):
+def chat_completions(body: ChatRequest, app: App, response: Response):
     """OpenAI's chat completions over the pipeline: the last user message is retrieved, reranked and
     answered by the config's generator. ``rag`` in the reply (in the last chunk when streaming) holds
     the citations, the numbered passages and the timings; streamed pieces are the model's raw text."""
@@ -49,6 +49,7 @@ def chat_completions(body: ChatRequest, app: App):
     if not body.stream:
         answered = pipe.answer(result, body.answer_tokens)
         app.metrics.observe_timings(answered.timings)
+        response.headers["Server-Timing"] = server_timing(answered.timings)
         answer = answered.answer
         return {**head, "object": "chat.completion", "usage": usage(answer), "rag": rag(answer), "choices": [
             {"index": 0, "message": {"role": "assistant", "content": answer.text},
@@ -76,4 +77,5 @@ def chat_completions(body: ChatRequest, app: App):
             yield f"data: {json.dumps({'error': {'type': kind, 'message': str(exc)}})}\n\n"
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache", "Server-Timing": server_timing(result.timings)}  # retrieval's, so far
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

@@ -6,11 +6,11 @@ import uuid
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from pipeline.types import ScoreOptions
 from server.schemas import CohereRerankRequest, TeiRerankRequest
-from server.service import App, Service, authorize
+from server.service import App, Service, authorize, server_timing
 
 router = APIRouter(tags=["rerank"], dependencies=[Depends(authorize)])
 
@@ -22,11 +22,12 @@ def reported(score: float, raw: bool = False) -> float:
     return float(score) if np.isfinite(score) else (UNSCORED_LOGIT if raw else 0.0)
 
 
-def cohere_rerank(app: Service, body: CohereRerankRequest, api_version: str) -> dict[str, Any]:
+def cohere_rerank(app: Service, body: CohereRerankRequest, api_version: str, response: Response) -> dict[str, Any]:
     """Documents longer than the model's window are scored by windows, up to ``max_tokens_per_doc`` tokens each."""
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
     options = ScoreOptions(long="windows", max_tokens=body.max_tokens_per_doc or app.settings.max_tokens_per_doc)
-    name, scores, order = app.rerank(body.model, body.query, texts, options)
+    name, scores, order, seconds = app.rerank(body.model, body.query, texts, options)
+    response.headers["Server-Timing"] = server_timing({"rerank": seconds})
     results = []
     for i in order[: body.top_n or len(texts)]:
         item: dict[str, Any] = {"index": int(i), "relevance_score": reported(scores[i])}
@@ -41,25 +42,26 @@ def cohere_rerank(app: Service, body: CohereRerankRequest, api_version: str) -> 
 
 
 @router.post("/v1/rerank")
-def rerank_v1(body: CohereRerankRequest, app: App) -> dict[str, Any]:
+def rerank_v1(body: CohereRerankRequest, app: App, response: Response) -> dict[str, Any]:
     """Cohere's rerank: documents sorted by relevance (calibrated, 0..1); ``top_n`` kept."""
-    return cohere_rerank(app, body, "1")
+    return cohere_rerank(app, body, "1", response)
 
 
 @router.post("/v2/rerank")
-def rerank_v2(body: CohereRerankRequest, app: App) -> dict[str, Any]:
+def rerank_v2(body: CohereRerankRequest, app: App, response: Response) -> dict[str, Any]:
     """Cohere's v2 rerank (what ``cohere.ClientV2().rerank`` posts to); same answer as ``/v1/rerank``."""
-    return cohere_rerank(app, body, "2")
+    return cohere_rerank(app, body, "2", response)
 
 
 @router.post("/rerank")
-def rerank_tei(body: TeiRerankRequest, app: App) -> list[dict[str, Any]]:
+def rerank_tei(body: TeiRerankRequest, app: App, response: Response) -> list[dict[str, Any]]:
     """Text Embeddings Inference's rerank: ``[{index, score, text?}]`` sorted by score (0..1, or the raw logit
     with ``raw_scores``). ``truncate`` true cuts a long text from ``truncation_direction``, false refuses it
     (413), omitted scores it by overlapping windows of the model's length, keeping the best."""
     long = "windows" if body.truncate is None else ("truncate" if body.truncate else "error")
     options = ScoreOptions(raw=body.raw_scores, long=long, side=body.truncation_direction.lower())
-    _, scores, order = app.rerank(None, body.query, body.texts, options)
+    _, scores, order, seconds = app.rerank(None, body.query, body.texts, options)
+    response.headers["Server-Timing"] = server_timing({"rerank": seconds})
     out = []
     for i in order:
         item: dict[str, Any] = {"index": int(i), "score": reported(scores[i], body.raw_scores)}
