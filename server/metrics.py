@@ -42,6 +42,10 @@ class Metrics:
             "rag_index_swaps", "Index versions swapped in while serving", registry=self.registry
         )
         self.ready = Gauge("rag_ready", "1 when models and index are loaded", registry=self.registry)
+        self.cache_lookups = Counter(
+            "rag_cache_lookups", "Answers looked up in the response cache, by result (hit or miss)", ["result"],
+            registry=self.registry,
+        )
 
     def observe_timings(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():

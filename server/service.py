@@ -23,6 +23,7 @@ from pipeline.config import PipelineConfig, ServerParams
 from pipeline.filters import Filter
 from pipeline.pipeline import Pipeline, validate_query
 from pipeline.types import ScoreOptions
+from server.cache import ResponseCache
 from server.errors import ApiError
 from server.metrics import Metrics
 from server.pipelines import PipelineSet, Served
@@ -50,14 +51,19 @@ class Service:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.cache = ResponseCache(settings.cache_size,
+                                   lambda hit: self.metrics.cache_lookups.labels("hit" if hit else "miss").inc())
         self.pipelines = PipelineSet(
-            configs, index_paths, settings, on_batch=self.metrics.observe_batch,
-            on_swap=lambda name, old, new: self.metrics.index_swaps.inc(),
+            configs, index_paths, settings, on_batch=self.metrics.observe_batch, on_swap=self._swapped,
         )
         self.api_key = os.environ.get(settings.api_key_env) or None
         self.started = int(time.time())
         self._load_on_start = load
         self._loader: threading.Thread | None = None
+
+    def _swapped(self, name: str, old: str | None, new: str) -> None:
+        self.metrics.index_swaps.inc()
+        self.cache.clear()  # answers of the old version can no longer be asked for: free them
 
     # -- loading ----------------------------------------------------------------------------------
 

@@ -550,13 +550,46 @@ def test_one_table_maps_the_project_errors_to_statuses():
 def test_server_timing_header_names_each_stage(client):
     import re
 
-    response = client.post("/v1/ask", json={"query": QUERY, "top_k": 6, "top_n": 3})
+    response = client.post("/v1/ask", json={"query": "timing of " + QUERY, "top_k": 6, "top_n": 3})
     timing = dict(re.findall(r"(\w+);dur=([\d.]+)", response.headers["server-timing"]))
     body = response.json()
     assert set(timing) == set(body["timings_ms"]) >= {"embed", "search", "retrieve", "rerank", "total"}
     for stage, ms in body["timings_ms"].items():
         assert float(timing[stage]) == pytest.approx(ms, abs=0.051)
-    assert "search;dur=" in client.post("/v1/search", json={"query": QUERY}).headers["server-timing"]
+    assert "search;dur=" in client.post("/v1/search", json={"query": "timing"}).headers["server-timing"]
     rerank = client.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
     assert re.fullmatch(r"rerank;dur=[\d.]+", rerank.headers["server-timing"])
     assert "rerank;dur=" in client.post("/rerank", json={"query": "q", "texts": ["a"]}).headers["server-timing"]
+
+
+def test_repeated_requests_are_answered_from_the_cache_until_the_index_moves(tmp_path, tiny_embedder_dir,
+                                                                             tiny_reranker_dir):
+    corpus = _corpus(tmp_path / "corpus", TINY_DOCS)
+    config = write_config(tmp_path / "c.yaml", str(tiny_embedder_dir), tmp_path / "index", str(tiny_reranker_dir))
+    build_index(corpus, load_config(config))
+    with TestClient(create_app({"tiny": load_config(config)})) as test_client:
+        _wait_ready(test_client)
+        body = {"query": QUERY, "top_k": 6, "top_n": 3}
+        first = test_client.post("/v1/ask", json=body)
+        again = test_client.post("/v1/ask", json=body)
+        assert "cache" not in first.headers["server-timing"] and again.headers["server-timing"].startswith("cache")
+        assert again.json() == first.json()
+        other = test_client.post("/v1/ask", json={**body, "top_n": 2})  # another body: computed
+        assert "cache" not in other.headers["server-timing"] and len(other.json()["reranked"]) == 2
+        search = [test_client.post("/v1/search", json={"query": QUERY}) for _ in range(2)]
+        assert search[1].headers["server-timing"].startswith("cache") and search[0].json() == search[1].json()
+        metrics = test_client.get("/metrics").text
+        assert 'rag_cache_lookups_total{result="hit"} 2.0' in metrics
+        assert 'rag_cache_lookups_total{result="miss"} 3.0' in metrics
+        _corpus(corpus, {"new/sunlight.md": "# Sunlight\nSunlight on skin makes vitamin D."})
+        build_index(corpus, load_config(config))
+        moved = test_client.post("/v1/ask", json=body)
+        assert "cache" not in moved.headers["server-timing"]
+        assert moved.json()["index_version"] != first.json()["index_version"]
+        assert len(test_client.app.state.service.cache) == 1  # the swap freed the old version's answers
+    off = write_config(tmp_path / "off.yaml", str(tiny_embedder_dir), tmp_path / "index", str(tiny_reranker_dir),
+                       server={"cache_size": 0})
+    with TestClient(create_app({"tiny": load_config(off)})) as test_client:
+        _wait_ready(test_client)
+        answers = [test_client.post("/v1/ask", json={"query": QUERY}) for _ in range(2)]
+        assert all("cache" not in a.headers["server-timing"] for a in answers)

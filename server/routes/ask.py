@@ -10,22 +10,43 @@ from fastapi import APIRouter, Depends, Response
 from pipeline.render import explanation_to_dict, hit_to_dict, result_to_dict
 from pipeline.scoring import explain_candidates
 from server.schemas import AskRequest, SearchRequest
-from server.service import App, authorize, server_timing
+from server.service import App, Service, authorize, server_timing
 
 router = APIRouter(tags=["pipeline"], dependencies=[Depends(authorize)])
 
 
+def cached(app: Service, response: Response, key: str | None) -> dict[str, Any] | None:
+    """The cached answer for ``key`` (None: not cached, or ``key`` None); a hit says so in Server-Timing."""
+    start = time.perf_counter()
+    answer = app.cache.get(key) if key is not None else None
+    if answer is not None:
+        response.headers["Server-Timing"] = f'cache;desc="hit";dur={(time.perf_counter() - start) * 1000:.1f}'
+    return answer
+
+
 @router.post("/v1/ask")
 def ask(body: AskRequest, app: App, response: Response) -> dict[str, Any]:
-    """Retrieve ``top_k`` candidates and rerank them to ``top_n``: both lists, timings, version, config."""
+    """Retrieve ``top_k`` candidates and rerank them to ``top_n``: both lists, timings, version, config.
+
+    A repeated request (same config, index version and body) is answered from the response cache,
+    unless it generates an answer.
+    """
     flt = app.check_filter(body.filter)
     query = app.check_query(body.query)
     served, pipe = app.pipeline(body.config)
-    result = pipe.ask(query, app.check_top_k(body.top_k), body.top_n, rerank=body.reranker, weight=body.weight,
+    top_k = app.check_top_k(body.top_k)
+    generates = body.answer if body.answer is not None else pipe.config.generator is not None
+    key = None if generates else app.cache.key(served.name, pipe.version, "ask", body.model_dump())
+    if (answer := cached(app, response, key)) is not None:
+        return answer
+    result = pipe.ask(query, top_k, body.top_n, rerank=body.reranker, weight=body.weight,
                       generate=body.answer, filter=flt, explain=body.explain)
     app.metrics.observe_timings(result.timings)
     response.headers["Server-Timing"] = server_timing(result.timings)
-    return result_to_dict(result, config=served.name, index_version=pipe.version)
+    answer = result_to_dict(result, config=served.name, index_version=pipe.version)
+    if key is not None:
+        app.cache.put(key, answer)
+    return answer
 
 
 @router.post("/v1/search")
@@ -35,6 +56,9 @@ def search(body: SearchRequest, app: App, response: Response) -> dict[str, Any]:
     query = app.check_query(body.query)
     served, pipe = app.pipeline(body.config)
     top_k = app.check_top_k(body.top_k) or pipe.top_k
+    key = app.cache.key(served.name, pipe.version, "search", body.model_dump())
+    if (answer := cached(app, response, key)) is not None:
+        return answer
     timings: dict[str, float] = {}
     start = time.perf_counter()
     hits = pipe.search(query, top_k, timings, filter=flt)
@@ -51,4 +75,5 @@ def search(body: SearchRequest, app: App, response: Response) -> dict[str, Any]:
     if body.explain:
         out["explain"] = explanation_to_dict(explain_candidates(hits, hits, top_k=top_k, top_n=len(hits),
                                                                 filter=str(flt) if flt else None))
+    app.cache.put(key, out)
     return out
