@@ -101,7 +101,8 @@ class ServerParams(StageParams):
     one batch is served in batches of ``max_batch_pairs``), ``max_query_chars`` a
     query (422), ``max_top_k`` the candidates one request may ask for (422).
     ``cache_size`` answers of ``/v1/ask`` and ``/v1/search`` are kept for repeated
-    requests (keyed by config, index version and body; 0 turns the cache off).
+    requests, at most ``cache_mb`` megabytes of their JSON (keyed by config, index
+    version and body; ``cache_size`` 0 turns the cache off).
     ``max_tokens_per_doc`` is the tokens of each document read by Cohere-shaped
     rerank calls that do not say (Cohere's default): a longer document is scored by
     windows of the model's length, up to that many tokens.
@@ -121,6 +122,7 @@ class ServerParams(StageParams):
     max_top_k: PositiveInt = 1000
     max_tokens_per_doc: PositiveInt = 4096
     cache_size: NonNegativeInt = 256  # answers of /v1/ask and /v1/search kept for repeated requests (0: off)
+    cache_mb: PositiveInt = 64  # and at most this much of their JSON
     micro_batching: bool = True
     batch_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
     max_batch_pairs: PositiveInt = 256

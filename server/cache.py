@@ -2,8 +2,10 @@
 
 Keys are (config name, index version, the request body as canonical JSON), so a hot swap (a new index
 version) never answers from the old one; the server also clears the cache on a swap, so old answers do
-not hold memory. Least recently used entries leave first; ``size`` 0 turns the cache off. Answers that
-are generated (sampling may differ) are not cached by the routes.
+not hold memory. At most ``size`` answers and ``max_bytes`` of their JSON are kept (an answer with a
+thousand hits weighs a megabyte or more); least recently used entries leave first, and an answer
+heavier than a quarter of ``max_bytes`` is not kept. ``size`` 0 turns the cache off. Answers that are
+generated (sampling may differ) are not cached by the routes.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from typing import Any
 
 
 class ResponseCache:
-    """Up to ``size`` answers, least recently used out first; ``on_lookup(hit)`` is told of every lookup."""
+    """Up to ``size`` answers and ``max_bytes`` of JSON, least recently used out first.
 
-    def __init__(self, size: int, on_lookup: Callable[[bool], None] | None = None) -> None:
+    ``on_lookup(hit)`` is told of every lookup (metrics).
+    """
+
+    def __init__(self, size: int, max_bytes: int, on_lookup: Callable[[bool], None] | None = None) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self.on_lookup = on_lookup
-        self._entries: OrderedDict[str, Any] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     @staticmethod
@@ -33,9 +40,10 @@ class ResponseCache:
         if self.size == 0:
             return None
         with self._lock:
-            answer = self._entries.get(key)
-            if answer is not None:
+            entry = self._entries.get(key)
+            if entry is not None:
                 self._entries.move_to_end(key)
+        answer = entry[0] if entry is not None else None
         if self.on_lookup is not None:
             self.on_lookup(answer is not None)
         return answer
@@ -43,15 +51,26 @@ class ResponseCache:
     def put(self, key: str, answer: Any) -> None:
         if self.size == 0:
             return
+        weight = len(key) + len(json.dumps(answer, ensure_ascii=False))
+        if weight > self.max_bytes // 4:
+            return
         with self._lock:
-            self._entries[key] = answer
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            old = self._entries.pop(key, None)
+            self._bytes += weight - (old[1] if old is not None else 0)
+            self._entries[key] = (answer, weight)
+            while len(self._entries) > self.size or self._bytes > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+
+    @property
+    def bytes(self) -> int:
+        """The JSON size of the answers held."""
+        return self._bytes
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -51,7 +51,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.cache = ResponseCache(settings.cache_size,
+        self.cache = ResponseCache(settings.cache_size, settings.cache_mb * 1_000_000,
                                    lambda hit: self.metrics.cache_lookups.labels("hit" if hit else "miss").inc())
         self.pipelines = PipelineSet(
             configs, index_paths, settings, on_batch=self.metrics.observe_batch, on_swap=self._swapped,

@@ -593,3 +593,22 @@ def test_repeated_requests_are_answered_from_the_cache_until_the_index_moves(tmp
         _wait_ready(test_client)
         answers = [test_client.post("/v1/ask", json={"query": QUERY}) for _ in range(2)]
         assert all("cache" not in a.headers["server-timing"] for a in answers)
+
+
+def test_the_response_cache_is_bounded_in_entries_and_bytes():
+    from server.cache import ResponseCache
+
+    cache = ResponseCache(size=3, max_bytes=4000)
+    for i in range(5):
+        cache.put(f"k{i}", {"i": i})
+    assert len(cache) == 3 and cache.get("k0") is None and cache.get("k4") == {"i": 4}
+    cache.put("big", {"text": "x" * 1500})  # over a quarter of max_bytes: not kept
+    assert cache.get("big") is None
+    for i in range(10):
+        cache.put(f"m{i}", {"text": "y" * 900})  # about 920 bytes each: four fit in 4000
+    assert cache.bytes <= 4000 and len(cache) <= 3 and cache.get("m9") is not None
+    cache.clear()
+    assert len(cache) == 0 and cache.bytes == 0
+    off = ResponseCache(size=0, max_bytes=4000)
+    off.put("k", {"a": 1})
+    assert off.get("k") is None
