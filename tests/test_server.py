@@ -158,6 +158,14 @@ def test_rerank_cohere_and_tei_shapes(client):
         ("/v1/rerank", {"query": "q", "documents": ["d"] * 51}, 413),
         ("/v1/rerank", {"query": "q", "documents": ["d"], "top_n": -1}, 422),
         ("/rerank", {"query": "q"}, 422),
+        ("/v1/rerank", {"query": "q", "documents": ["d"], "max_tokens_per_doc": 0}, 422),
+        ("/v1/rerank", {"query": "q", "documents": ["d"], "max_tokens_per_doc": "5"}, 422),
+        ("/rerank", {"query": "q", "texts": ["d"], "truncate": "yes"}, 422),
+        ("/rerank", {"query": "q", "texts": ["d"], "raw_scores": 1}, 422),
+        ("/v1/search", {"query": "q", "top_k": 1001}, 422),
+        ("/v1/search", {"query": "q", "explain": 1}, 422),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}], "max_tokens": -1}, 422),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "q"}], "top_k": 10**9}, 422),
         ("/v1/ask", {"query": "q" * 30_000}, 413),
     ],
 )
@@ -200,6 +208,8 @@ def test_api_key_and_not_ready(setup, monkeypatch):
         wrong = test_client.post("/v1/ask", json={"query": "q"}, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
         auth = {"Authorization": "Bearer s3cret"}
+        assert test_client.get("/v1/models").status_code == 401
+        assert test_client.get("/v1/models", headers=auth).json()["data"][0]["id"] == "tiny"  # before loading too
         not_ready = test_client.post("/v1/ask", json={"query": "q"}, headers=auth)
         assert not_ready.status_code == 503 and not_ready.headers["retry-after"]
         assert test_client.get("/readyz").status_code == 503 and test_client.get("/healthz").status_code == 200

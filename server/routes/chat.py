@@ -30,10 +30,11 @@ def chat_completions(body: ChatRequest, app: App, response: Response):
     the citations, the numbered passages and the timings; streamed pieces are the model's raw text."""
     question = next((m.text for m in reversed(body.messages) if m.role == "user"), "")
     query = app.check_query(question)
+    top_k = app.check_top_k(body.top_k)
     served, pipe = app.pipeline(body.model if body.model in app.pipelines.served else None)
     if pipe.config.generator is None:
         raise ApiError(400, "unsupported", f"config {served.name!r} has no generator: section (docs/answers.md)")
-    result = pipe.ask(query, app.check_top_k(body.top_k), body.top_n, generate=False)
+    result = pipe.ask(query, top_k, body.top_n, generate=False)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": ident, "created": created, "model": served.name}
 
