@@ -130,3 +130,18 @@ def test_explain_over_http_and_in_ask_py(indexed, capsys):
     assert run(main, [QUERY, "--config", str(path), "--json", "--explain"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["explain"]["candidates"][0]["first_stage"]["rank"] == 1
+
+
+def test_the_page_script_parses():
+    """The web page's script (its "why?" view included) is valid JavaScript; the browser tests run it."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    checked = subprocess.run([node, "--check", str(ROOT / "server" / "static" / "app.js")], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr

@@ -253,6 +253,34 @@ def test_vitamin_d_query_shows_both_lists_with_the_deficiency_page_first(server,
     _save_screenshot(browser)
 
 
+def test_why_explains_a_candidate_that_left_the_list_and_one_that_stayed(server, browser):
+    """Clicking "why?" shows the server's explanation of that candidate (the same request with explain)."""
+    _open(browser, server)
+    _ask(browser, QUERY)
+    _no_error(browser)
+    retrieved = browser.find_element(By.CSS_SELECTOR, "#results .column.retrieved")
+    dropped = retrieved.find_element(By.CSS_SELECTOR, "li.hit.not-kept")
+    dropped.find_element(By.CSS_SELECTOR, "button.why-button").click()
+    why = WebDriverWait(browser, WAIT_S).until(lambda d: dropped.find_elements(By.CSS_SELECTOR, ".why"))[0]
+    assert "first stage" in why.text and "calibrated" in why.text and "not in the final list" in why.text, why.text
+    assert any(reason in why.text for reason in ("ranked below top_n", "most chunks allowed", "merged")), why.text
+    request = urllib.request.Request(server + "/v1/ask", data=json.dumps(
+        {"query": QUERY, "config": "offline", "explain": True}).encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        explain = json.load(response)["explain"]
+    candidate = next(c for c in explain["candidates"] if c["chunk_id"] == dropped.get_attribute("data-chunk"))
+    assert f"#{candidate['first_stage']['rank']}" in why.find_element(By.CSS_SELECTOR, ".why-first-stage").text
+
+    kept = browser.find_element(By.CSS_SELECTOR, "#results .column.reranked li.hit")
+    button = kept.find_element(By.CSS_SELECTOR, "button.why-button")
+    button.click()
+    shown = WebDriverWait(browser, WAIT_S).until(lambda d: kept.find_elements(By.CSS_SELECTOR, ".why"))[0]
+    assert shown.find_element(By.CSS_SELECTOR, ".why-final").text.endswith("#1")
+    button.click()  # a second click hides it
+    assert not kept.find_elements(By.CSS_SELECTOR, ".why") and button.get_attribute("aria-expanded") == "false"
+    _no_error(browser)
+
+
 def _save_screenshot(browser) -> None:
     """docs/web-page.png: the top of the answer page, under the size limit."""
     browser.get(browser.current_url)  # a fresh render (retrieved list folded to 10 again)

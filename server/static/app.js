@@ -279,7 +279,8 @@
     const seq = ++requestSeq;
     hideError();
     setBusy(true, names.length > 1 ? `Asking ${names.join(" and ")}…` : "Asking…");
-    const settled = await Promise.allSettled(names.map((name) => fetchJson("v1/ask", askBody(query, name))));
+    const bodies = names.map((name) => askBody(query, name));
+    const settled = await Promise.allSettled(bodies.map((body) => fetchJson("v1/ask", body)));
     if (seq !== requestSeq) return; // a newer question was asked meanwhile
     setBusy(false, "");
     results.dataset.answered = String(seq); // for tests and tools: this many questions have been answered
@@ -290,7 +291,8 @@
       return;
     }
     failures.forEach((f) => showError(f.reason, names[settled.indexOf(f)]));
-    const runs = settled.map((s, i) => (s.status === "fulfilled" ? s.value : { error: s.reason, config: names[i] }));
+    const runs = settled.map((s, i) => (s.status === "fulfilled" ? { ...s.value, request: bodies[i] }
+      : { error: s.reason, config: names[i] }));
     render(query, runs);
     saveToUrl(query);
   }
@@ -397,6 +399,65 @@
     return out;
   }
 
+  // ---- "why?": the server's explanation of one candidate ------------------------------------------
+
+  /** The run's explanation (asked once per run: the same request with "explain": true). */
+  function explainFor(run) {
+    if (!run.explainPromise) {
+      run.explainPromise = fetchJson("v1/ask", { ...run.request, explain: true, answer: false }).then((data) => data.explain);
+      run.explainPromise.catch(() => { run.explainPromise = null; }); // a failure may be retried
+    }
+    return run.explainPromise;
+  }
+
+  const REASONS = {
+    top_n: "ranked below top_n",
+    per_document_cap: "its document already had the most chunks allowed above it",
+    merged: "merged into a neighbouring chunk's passage",
+  };
+
+  /** Why one candidate is where it is: first stage, reranker, mix, final place, reason. */
+  function renderWhy(c, explain) {
+    const fmt = (v) => (v === null || v === undefined ? "–" : Number(v).toFixed(4));
+    const rows = [["first stage", `#${c.first_stage.rank} · ${fmt(c.first_stage.score)}`]];
+    if (c.first_stage.retrievers) {
+      rows.push(["retrievers", Object.entries(c.first_stage.retrievers)
+        .map(([name, r]) => `${name} #${r.rank} (${fmt(r.score)})`).join(" · ")]);
+    }
+    if (c.reranker) {
+      rows.push(["reranker", c.reranker.skipped ? "not scored (a language the model does not read)"
+        : `raw ${fmt(c.reranker.raw)} → calibrated ${fmt(c.reranker.calibrated)}`]);
+      rows.push(["mixed", `${fmt(c.mixed)} (weight ${explain.weight}, mix ${explain.mix}) → #${c.rerank_rank}`]);
+    }
+    rows.push(["final", c.final_rank ? `#${c.final_rank}` : "not in the final list"]);
+    if (c.reason) rows.push(["why", REASONS[c.reason] || c.reason]);
+    return el("dl", { class: "why", "aria-label": "why this candidate is here" },
+      ...rows.map(([k, v]) => el("div", { class: `why-${k.replace(/ /g, "-")}` }, el("dt", null, k), el("dd", null, v))));
+  }
+
+  function whyButton(hit, opts, item) {
+    if (!opts.run || !opts.run.request) return null;
+    const button = el("button", { type: "button", class: "why-button link", "aria-expanded": "false" }, "why?");
+    button.addEventListener("click", async () => {
+      const shown = item.querySelector(".why");
+      if (shown) {
+        shown.remove();
+        button.setAttribute("aria-expanded", "false");
+        return;
+      }
+      try {
+        const explain = await explainFor(opts.run);
+        const candidate = (explain.candidates || []).find((c) => c.chunk_id === hit.chunk_id);
+        if (!candidate) throw new Error(`no explanation for ${hit.chunk_id}`);
+        item.append(renderWhy(candidate, explain));
+        button.setAttribute("aria-expanded", "true");
+      } catch (err) {
+        showError(err, "why?");
+      }
+    });
+    return button;
+  }
+
   /** One hit: rank, score, move, title and source, and the passage with the query's terms marked. */
   function renderHit(hit, pattern, opts) {
     const kept = opts.keptRank ? opts.keptRank.get(hit.chunk_id) : undefined;
@@ -427,8 +488,11 @@
     const classes = ["hit"];
     if (opts.keptRank && !kept) classes.push("not-kept");
     if (kept || opts.reranked) classes.push("is-kept");
-    return el("li", { class: classes.join(" "), value: hit.rank, dataset: { chunk: hit.chunk_id, doc: hit.doc_id } },
+    const item = el("li", { class: classes.join(" "), value: hit.rank, dataset: { chunk: hit.chunk_id, doc: hit.doc_id } },
       head, source, passage, more);
+    const why = whyButton(hit, opts, item);
+    if (why) head.append(why);
+    return item;
   }
 
   function renderList(hits, pattern, opts) {
@@ -461,10 +525,10 @@
     const keptRank = reranked ? new Map(reranked.map((h) => [h.chunk_id, h.rank])) : null;
     const left = column("retrieved", "Retrieved", `first stage, top ${retrieved.length}`,
       renderList(retrieved, pattern, { label: "retrieved hits", keptRank, limit: RETRIEVED_SHOWN,
-        scoreTitle: "first-stage score" }));
+        scoreTitle: "first-stage score", run }));
     const right = reranked
       ? column("reranked", "Reranked", `top ${reranked.length}`,
-        renderList(reranked, pattern, { label: "reranked hits", reranked: true, scoreTitle: "final score" }))
+        renderList(reranked, pattern, { label: "reranked hits", reranked: true, scoreTitle: "final score", run }))
       : column("reranked off", "Reranked", "",
         el("p", { class: "muted placeholder" }, "Reranker off: the retrieved list is the answer."));
     const section = el("section", { class: "run" }, runHeader(run, "Results"), renderAnswer(run),
