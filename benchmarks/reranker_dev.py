@@ -193,6 +193,16 @@ def main() -> int:
                     print(f"  chosen for {first}: {choose_weight(gains)} (rule: the largest mean gain among the "
                           f"weights where no collection loses more than {MAX_LOSS})")
     (out / f"table-{args.mix}.json").write_text(json.dumps({"|".join(k): v for k, v in table.items()}, indent=1))
+    for (name, part), rows in per_collection.items():  # kept, so runs over other first stages pool their pairs
+        (out / f"labelled-{name}-{part}-{args.calibration_negatives}.json").write_text(
+            json.dumps({"collection": name, "part": part, "pairs": rows}))
+    if args.fit_calibration:  # pool every run's pairs in --out (e.g. English and multilingual first stages)
+        per_collection = {}
+        for path in sorted(out.glob(f"labelled-*-{args.calibration_negatives}.json")):
+            saved = json.loads(path.read_text())
+            per_collection[(saved["collection"], saved["part"])] = [tuple(r) for r in saved["pairs"]]
+        labelled = {p: [r for (n, q), rows in per_collection.items() if q == p for r in rows]
+                    for p in ("dev", "held-out")}
     if args.fit_calibration and labelled["dev"]:
         x, y = (np.array(v) for v in zip(*labelled["dev"]))
         fitted = fit_platt(x, y)

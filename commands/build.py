@@ -80,27 +80,30 @@ def main(argv=None) -> int:
 
 
 def _prepare_reranker(config) -> None:
-    """Load the config's reranker once, so that a one-time CPU export (OpenVINO/ONNX int8) happens at
-    build time and not on the first question. A reranker that cannot load is a warning here (the
-    index is built); asking will report it."""
+    """Load the config's reranker once when it scores with a CPU runtime (OpenVINO/ONNX), so that the
+    one-time export happens at build time and not on the first question. A reranker that cannot load
+    is a warning here (the index is built); asking will report it."""
     if config.reranker is None:
         return
     import time
 
     from pipeline.errors import RagError
     from pipeline.pipeline import build_stage
+    from pipeline.rerankers.cross_encoder import CrossEncoderReranker
 
     start = time.perf_counter()
     try:
-        stage = build_stage(config.reranker).load()
+        stage = build_stage(config.reranker)
+        if not isinstance(stage, CrossEncoderReranker) or stage.choose_backend() == "torch":
+            return  # the torch model loads in seconds at the first question: nothing to prepare
+        stage.load()
     except RagError as exc:
         print(f"warning: the reranker did not load ({exc}); asking will fail until it does", file=sys.stderr)
         return
-    backend = getattr(stage, "backend_used", None)
-    if backend is not None:
-        why = getattr(stage, "backend_reason", None)
-        print(f"reranker ready: {backend} backend, quantize {config.reranker.params.quantize}"
-              + (f" ({why})" if why else "") + f", {time.perf_counter() - start:.1f}s")
+    facts = stage.describe()
+    why = f" ({facts['backend_reason']})" if facts.get("backend_reason") else ""
+    print(f"reranker ready: {facts['backend']} backend, quantize {facts['quantize']}{why}, "
+          f"{time.perf_counter() - start:.1f}s")
 
 
 def _by_extension(names: list[str]) -> str:

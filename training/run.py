@@ -95,6 +95,10 @@ def run_training(job: TrainJob) -> TrainOutcome:
     if job.skip_training:
         from sentence_transformers.cross_encoder import CrossEncoder
 
+        from pipeline.pair_model import register
+
+        register()
+
         saved = _read_report(out / REPORT_FILE)
         report = TrainReport(**saved["report"]) if saved.get("report") else None
         sources = saved["sources"]

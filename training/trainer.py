@@ -83,6 +83,7 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
 
     from pipeline.device import resolve_device
     from pipeline.models import resolve_model
+    from pipeline.pair_model import register as register_pair_model
 
     if not groups:
         raise InputError("no training groups: the data gave no query with both a positive and a negative")
@@ -95,6 +96,7 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
     else:
         resolved = resolve_model(settings.base, "--base")
         location, local = resolved.location, resolved.local
+    register_pair_model()  # a base or checkpoint may use the project's pair-similarity head
     model = CrossEncoder(location, num_labels=1, max_length=settings.max_length, device=device,
                          local_files_only=local)
     model.model.float()  # train in fp32: bf16/fp16 on the CPU kept an earlier attempt from learning

@@ -86,7 +86,8 @@ class CrossEncoderReranker(Scorer):
         use_fp16: bool = True
         query_max_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
         # torch: the reference (and the CUDA path); openvino / onnx: CPU runtimes (the 'fast' extra)
-        backend: Literal["torch", "openvino", "onnx"] = "torch"
+        # auto: chosen by what the CPU has (backends.auto_backend; the choice and why are logged)
+        backend: Literal["auto", "torch", "openvino", "onnx"] = "torch"
         quantize: Literal["none", "int8"] = "none"
         # regexes over module names (re.search) left in fp32 under int8, e.g. the feed-forward output
         # projections, "encoder\.layer\.\d+\.output\.dense$" in BERT and XLM-R (closer scores, slower)
@@ -109,6 +110,7 @@ class CrossEncoderReranker(Scorer):
         self._tokenizer = None
         self._calibration: Calibration | None = None
         self.backend_used: str | None = None  # what scores after load: torch, openvino or onnx
+        self.backend_reason: str | None = None  # why, when backend: auto chose it
         self.export_path = None  # the cached export a runtime was loaded from
 
     @cached_property
@@ -170,9 +172,18 @@ class CrossEncoderReranker(Scorer):
                 if self.params.calibrate else IDENTITY
         self.backend_used = backend
 
+    def choose_backend(self) -> str:
+        """The backend this stage scores with here (``auto`` resolved, a missing runtime replaced), loading nothing."""
+        return self.backend_used or self._choose_backend()
+
     def _choose_backend(self) -> str:
         """The backend to use here: the configured one, or torch on CUDA or when its package is missing."""
         backend = self.params.backend
+        if backend == "auto":
+            device = resolve_device(self.params.device, "reranker.device")
+            backend, self.backend_reason = backends.auto_backend(self.params.quantize, device)
+            logger.info("reranker.backend auto: %s, quantize %s (%s)", backend, self.params.quantize,
+                        self.backend_reason)
         if backend == "torch":
             return backend
         if self.params.quantize_skip:
@@ -217,7 +228,8 @@ class CrossEncoderReranker(Scorer):
         """The model that scores: type, model, window in tokens, backend, calibration, long-passage mode."""
         return {"type": "cross-encoder", "model": self.params.model, "max_length": self.params.max_length,
                 "backend": self.backend_used or self.params.backend, "quantize": self.params.quantize,
-                "calibrated": self._calibration not in (None, IDENTITY), "long_passages": self.params.long_passages}
+                "calibrated": self._calibration not in (None, IDENTITY), "long_passages": self.params.long_passages,
+                **({"backend_reason": self.backend_reason} if self.backend_reason else {})}
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """Relevance of each passage to the query, float32 in 0..1, in input order.
