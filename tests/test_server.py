@@ -336,6 +336,13 @@ def test_real_server_with_the_cohere_sdk_concurrency_and_sigterm(setup):
         v2 = cohere.ClientV2(api_key="k", base_url=base).rerank(model="tiny", query="vitamin D", documents=docs)
         assert [r.index for r in v1.results] == [r.index for r in v2.results][:2]
         assert v1.results[0].relevance_score >= v1.results[1].relevance_score and v1.results[0].document.text
+        # the SDK's max_tokens_per_doc reaches the server: a long document is read only that far
+        client = cohere.ClientV2(api_key="k", base_url=base)
+        whole = client.rerank(model="tiny", query="weather", documents=[LONG_DOC])
+        head = client.rerank(model="tiny", query="weather", documents=[LONG_DOC], max_tokens_per_doc=20)
+        cut = client.rerank(model="tiny", query="weather", documents=[LONG_DOC[:200]], max_tokens_per_doc=20)
+        assert head.results[0].relevance_score == pytest.approx(cut.results[0].relevance_score, abs=1e-6)
+        assert whole.results[0].relevance_score != pytest.approx(head.results[0].relevance_score, abs=1e-7)
         with pytest.raises(cohere.core.ApiError) as info:
             cohere.ClientV2(api_key="wrong", base_url=base).rerank(model="x", query="q", documents=docs)
         assert info.value.status_code == 401
