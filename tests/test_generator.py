@@ -383,6 +383,11 @@ def test_the_openai_sdk_and_the_openai_type_get_grounded_answers_from_the_server
     assert text.strip() == reply.choices[0].message.content.strip()  # greedy: the same answer, streamed
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
 
+    assert [m.id for m in client.models.list()] == ["tiny"]  # what chat front ends list first
+    short = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "vitamin D?"}],
+                                           max_tokens=3)
+    assert short.usage.completion_tokens <= 3 < reply.usage.completion_tokens
+
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=answer_server, api_key="wrong", max_retries=0).chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "q"}])
