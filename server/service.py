@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 from fastapi import Depends, Request
@@ -29,6 +29,16 @@ from server.metrics import Metrics
 from server.pipelines import PipelineSet, Served
 
 logger = logging.getLogger(__name__)
+
+
+class Reranked(NamedTuple):
+    """What :meth:`Service.rerank` returns: the served config's name, each text's score (NaN: not scored),
+    the texts' order (best first) and the seconds scoring took."""
+
+    config: str
+    scores: np.ndarray
+    order: np.ndarray
+    seconds: float
 
 
 class Service:
@@ -121,9 +131,8 @@ class Service:
 
     # -- reranking documents (no first stage) ------------------------------------------------------
 
-    def rerank(self, model: str | None, query: str, texts: list[str], options: ScoreOptions
-               ) -> tuple[str, np.ndarray, np.ndarray, float]:
-        """The served config's name, each text's score (NaN: not scored), the order (best first) and the seconds.
+    def rerank(self, model: str | None, query: str, texts: list[str], options: ScoreOptions) -> Reranked:
+        """Score ``texts`` against ``query`` with a served config's reranker (no first stage).
 
         ``model`` names a served config, else the first with a reranker. A list longer than one batch
         (``max_batch_pairs``) is scored in batches by the queue; only one over ``max_documents`` is refused.
@@ -150,7 +159,7 @@ class Service:
         self.metrics.stage.labels("rerank").observe(seconds)
         # A pair the model cannot read (outside its languages) has no score (NaN): ranked last.
         order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
-        return served.name, scores, order, seconds
+        return Reranked(served.name, scores, order, seconds)
 
 
 def server_timing(timings: Mapping[str, float]) -> str:
