@@ -527,6 +527,7 @@ def test_a_long_candidate_list_is_served_in_batches_up_to_the_hard_limit(setup, 
         assert over.status_code == 413 and "server.max_documents" in over.json()["message"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not RERANKER_MODEL.is_dir(), reason="models/minilm-reranker is not here")
 def test_a_long_document_with_the_answer_at_its_end_ranks_first(setup, tiny_embedder_dir):
     """A ~3,000-token document whose last paragraph answers the query beats documents that only share words."""
