@@ -168,14 +168,23 @@ class MicroBatcher(Scorer):
             start = time.perf_counter()
             try:
                 results = self._score_batch(batch)
-            except BaseException as exc:  # every waiter gets the error; the worker lives on
-                for request in batch:
-                    request.future.set_exception(exc)
+            except BaseException as exc:  # the worker lives on; the failing request gets the error
+                if len(batch) == 1:
+                    batch[0].future.set_exception(exc)
+                else:  # one request's passage (too long, say) must not fail the others batched with it
+                    for request in batch:
+                        self._score_one(request)
                 continue
             for request, scores in zip(batch, results):
                 request.future.set_result(scores)
             if self.on_batch:
                 self.on_batch(len(batch), sum(len(r.passages) for r in batch), time.perf_counter() - start)
+
+    def _score_one(self, request: _Request) -> None:
+        try:
+            request.future.set_result(self._score_batch([request])[0])
+        except BaseException as exc:
+            request.future.set_exception(exc)
 
     def _next_batch(self) -> list[_Request] | None:
         with self._cond:

@@ -630,3 +630,30 @@ def test_the_response_cache_is_bounded_in_entries_and_bytes():
     off = ResponseCache(size=0, max_bytes=4000)
     off.put("k", {"a": 1})
     assert off.get("k") is None
+
+
+def test_a_failing_request_does_not_fail_the_others_in_its_batch():
+    class Picky(_SlowScorer):
+        attempts: list[int] = []
+
+        def score_many(self, requests, options=DEFAULT_SCORE_OPTIONS):
+            self.attempts.append(len(requests))
+            if any("bad" in p for _, ps in requests for p in ps):
+                raise ValueError("passage 0 is too long")
+            return super().score_many(requests, options)
+
+    scorer = Picky(delay=0.05)
+    batcher = MicroBatcher(scorer, wait_ms=100, max_pairs=100)
+
+    def call(passages):
+        try:
+            return batcher.score("q", passages)
+        except ValueError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(3) as pool:
+        outcomes = list(pool.map(call, [["a"], ["bad"], ["b", "c"]]))
+    batcher.close()
+    assert max(scorer.attempts) > 1  # they were batched together at first, then scored alone
+    assert outcomes[1] == "passage 0 is too long"
+    assert [len(o) for o in (outcomes[0], outcomes[2])] == [1, 2]
