@@ -80,6 +80,10 @@ def test_pipeline_explains_scores_mix_and_places(indexed):
         assert (c.final_rank is None) == (c.reason is not None)
     assert sorted(c.rerank_rank for c in why.candidates) == list(range(1, 7))
     assert pipe.ask(QUERY, top_k=6, top_n=3).explanation is None  # only when asked
+    off = pipe.ask(QUERY, top_k=6, top_n=3, rerank=False, explain=True).explanation
+    assert off.weight is None and all(c.reranker_score is None and c.mixed is None for c in off.candidates)
+    assert [c.final_rank for c in off.candidates] == [1, 2, 3, None, None, None]
+    assert [c.reason for c in off.candidates] == [None, None, None, "top_n", "top_n", "top_n"]
 
 
 def test_hybrid_candidates_show_each_retriever_and_the_fused_score(indexed):
