@@ -35,6 +35,9 @@ def main(argv=None) -> int:
     parser.add_argument("--substitution-share", type=float, default=0.5)
     parser.add_argument("--max-groups", type=int, default=None, help="per source")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--int8-pairs", type=Path, default=None, metavar="FILE",
+                        help="also write 300 (query, passage) pairs from the groups made, for a model's "
+                             "calibration_pairs.jsonl (int8 export)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
@@ -65,6 +68,9 @@ def main(argv=None) -> int:
                             **({"split": args.split, "dev_queries_held_back": args.dev_queries}
                                if kind == "labelled" else {})})
             print(f"{name}: {sum(counts.values())} groups ({dict(counts)}) from {len(passages)} passages")
+    if args.int8_pairs is not None:
+        pairs = synthetic.int8_calibration_pairs(args.out, seed=args.seed)
+        args.int8_pairs.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
     (args.out / "SOURCES.json").write_text(json.dumps(sources, indent=2, ensure_ascii=False) + "\n",
                                            encoding="utf-8")
     return 0

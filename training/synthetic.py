@@ -361,3 +361,23 @@ def write_groups(groups: Iterable[Group], path: Path) -> Counter:
             counts[group.origin] += 1
     tmp.replace(path)
     return counts
+
+
+def int8_calibration_pairs(folder: Path, count: int = 300, per_group: int = 3, seed: int = 42) -> list[dict]:
+    """``count`` (query, passage) pairs from the JSONL groups in ``folder`` (a positive and hard
+    negatives of each sampled group, every source in turn), for the int8 export's calibration
+    (``calibration_pairs.jsonl`` beside a model; OpenVINO/NNCF reads it)."""
+    rng = random.Random(seed)
+    sources = []
+    for path in sorted(Path(folder).glob("*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rng.shuffle(rows)
+        sources.append(rows)
+    pairs: list[dict] = []
+    while len(pairs) < count and any(sources):
+        for rows in sources:
+            if rows and len(pairs) < count:
+                group = rows.pop()
+                for passage in [group["positive"], *group["negatives"]][:per_group]:
+                    pairs.append({"query": group["query"], "passage": passage})
+    return pairs[:count]
