@@ -71,14 +71,16 @@ def run(cases: list[dict], scorers: dict) -> dict[str, dict]:
             scores = np.nan_to_num(score(case["query"], passages), nan=-np.inf)
             first = int(np.argmax(scores) == 0 and scores[0] > scores[1:].max())
             firsts[case.get("lang", "?")].append(first)
-            answer_scores.append(float(scores[0]))
-            trap_scores.append(float(scores[1:].max()))
+            if np.isfinite(scores).all():  # a pair the scorer left unscored (language guard) has no score to average
+                answer_scores.append(float(scores[0]))
+                trap_scores.append(float(scores[1:].max()))
             if not first:
                 misses.append(case["query"])
         results[name] = {
             "first": {lang: f"{sum(v)}/{len(v)}" for lang, v in sorted(firsts.items())},
             "all": f"{sum(sum(v) for v in firsts.values())}/{len(cases)}",
-            "answer_mean": float(np.mean(answer_scores)), "best_trap_mean": float(np.mean(trap_scores)),
+            "answer_mean": float(np.mean(answer_scores)) if answer_scores else float("nan"),
+            "best_trap_mean": float(np.mean(trap_scores)) if trap_scores else float("nan"),
             "answers_at_least_0.5": f"{sum(s >= 0.5 for s in answer_scores)}/{len(cases)}",
             "misses": misses,
         }
@@ -103,7 +105,8 @@ def main() -> int:
         print(json.dumps(results, indent=2, ensure_ascii=False))
         return 0
     print(f"cases: {args.cases} ({len(cases)})\n")
-    print("| scorer | answer first | by language | answer's mean score | best trap's mean | answers >= 0.5 |")
+    print("| scorer | answer first | by language | answer's mean score | best trap's mean | answers >= 0.5 |"
+          " (means over the cases it scored)")
     print("|---|---:|---|---:|---:|---:|")
     for name, r in results.items():
         by_lang = ", ".join(f"{k} {v}" for k, v in r["first"].items())
