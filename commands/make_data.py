@@ -43,6 +43,7 @@ def main(argv=None) -> int:
 
     from pipeline.errors import InputError
     from training import synthetic
+    from training.data import source_licence
 
     licences = dict(item.split("=", 1) for item in args.licence if "=" in item)
     if not (args.sections or args.man or args.labelled):
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
             name = f"{kind}-{folder.name or 'root'}"
             groups = synthetic.make_groups(passages, name, pool=pool, siblings=siblings, **common)
             counts = synthetic.write_groups(groups, args.out / f"{name}.jsonl")
-            licence = licences.get(str(folder)) or _licence(folder)
+            licence = licences.get(str(folder)) or source_licence(folder, "unknown: give --licence FOLDER=TEXT")
             sources.append({"source": name, "path": str(folder), "kind": kind, "passages": len(passages),
                             "groups": dict(counts), "licence": licence,
                             **({"split": args.split, "dev_queries_held_back": args.dev_queries}
@@ -74,15 +75,6 @@ def main(argv=None) -> int:
     (args.out / "SOURCES.json").write_text(json.dumps(sources, indent=2, ensure_ascii=False) + "\n",
                                            encoding="utf-8")
     return 0
-
-
-def _licence(folder: Path) -> str:
-    source = folder / "SOURCE.md"
-    if source.is_file():
-        for line in source.read_text(encoding="utf-8").splitlines():
-            if "licen" in line.lower():
-                return line.strip("-* ").replace("**", "")
-    return "unknown: give --licence FOLDER=TEXT"
 
 
 def cli() -> None:

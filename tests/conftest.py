@@ -157,3 +157,14 @@ def wait_until_ready(proc, base: str, timeout: float, poll: float = 0.1) -> None
             pass
         assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
         time.sleep(poll)
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """One torch thread: on a busy 2-core machine, two threads spin-wait and run tiny models ~7x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

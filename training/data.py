@@ -66,6 +66,16 @@ def document_text(title: str, text: str) -> str:
     return f"{title} {text}".strip()
 
 
+def source_licence(folder: Path, unknown: str = "unknown: see the data's own documentation") -> str:
+    """The licence line of a collection's ``SOURCE.md`` (as ``../shared/data`` folders have), else ``unknown``."""
+    source = Path(folder) / "SOURCE.md"
+    if source.is_file():
+        for line in source.read_text(encoding="utf-8").splitlines():
+            if "licen" in line.lower():
+                return line.strip("-* ").replace("**", "")
+    return unknown
+
+
 def dev_query_ids(collection: Collection, dev_queries: int, seed: int = 42) -> list[str]:
     """The train queries :func:`load_groups` holds back as dev with the same ``dev_queries`` and ``seed``."""
     query_ids = list(collection.queries)
@@ -176,7 +186,7 @@ def _sample(pool: Sequence[str], k: int, rng: random.Random) -> list[str]:
     return rng.sample(list(pool), min(k, len(pool)))
 
 
-def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
+def read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
         for line in handle:
@@ -192,7 +202,7 @@ def _jsonl_groups(root: Path) -> TrainingData:
         )
     data = TrainingData()
     for path in files:
-        for lineno, record in enumerate(_read_jsonl(path), start=1):
+        for lineno, record in enumerate(read_jsonl(path), start=1):
             if not isinstance(record, dict) or any(k not in record for k in JSONL_FIELDS):
                 raise InputError(f"{path}:{lineno}: expected an object with keys {', '.join(JSONL_FIELDS)}")
             negatives = record["negatives"]

@@ -21,12 +21,11 @@ import numpy as np
 
 from evaluation.collection import load_collection
 from evaluation.metrics import evaluate_rankings, fold_to_documents
-from evaluation.runner import ScoreCache
+from evaluation.runner import CachedScorer, ScoreCache
 from pipeline.config import PipelineConfig
-from pipeline.protocols import Scorer
 from pipeline.rerankers.cross_encoder import CrossEncoderReranker
 from pipeline.scoring import RankSettings, rank_hits
-from pipeline.types import DEFAULT_SCORE_OPTIONS, Hit, ScoreOptions
+from pipeline.types import Hit
 from training.data import DevQuery
 from training.first_stage import FirstStage
 
@@ -48,41 +47,27 @@ def weight_key(weight: float) -> str:
     return f"{weight:g}"
 
 
-class PairScores(Scorer):
-    """A reranker stage behind a :class:`ScoreCache`, itself a Scorer: each (query, passage) pair is scored once."""
+class PairScores(CachedScorer):
+    """A reranker stage behind its own :class:`ScoreCache` (each (query, passage) pair is scored once),
+    timing the scoring it does: ``seconds`` and ``scored`` (pairs computed) for the command's report."""
 
     def __init__(self, stage: CrossEncoderReranker) -> None:
-        self.stage = stage
-        self.cache = ScoreCache()
+        super().__init__(stage, ScoreCache())
         self.seconds = 0.0
+
+    @property
+    def stage(self) -> CrossEncoderReranker:
+        return self.reranker
 
     @property
     def scored(self) -> int:
         return self.cache.computed
 
-    def load(self) -> PairScores:
-        self.stage.load()
-        return self
-
-    def describe(self) -> dict[str, Any]:
-        return self.stage.describe()
-
-    def skip_note(self, query: str, passages: Sequence[str]) -> str | None:
-        return self.stage.skip_note(query, passages)
-
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         start = time.perf_counter()
-        scores, _ = self.cache.scores(self.stage, query, passages)
+        scores = super().score(query, passages)
         self.seconds += time.perf_counter() - start
         return scores
-
-    def score_many(
-        self, requests: Sequence[tuple[str, Sequence[str]]], options: ScoreOptions = DEFAULT_SCORE_OPTIONS
-    ) -> list[np.ndarray]:
-        """Default options: through the cache; others (raw scores, long passages) straight to the stage."""
-        if options == DEFAULT_SCORE_OPTIONS:
-            return [self.score(query, passages) for query, passages in requests]
-        return self.stage.score_many(requests, options)
 
 
 def rerank_all(stage: CrossEncoderReranker, hits: Sequence[Hit], scores, weight: float) -> list[str]:

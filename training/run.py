@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from training.card import write_model_card
-from training.data import TrainingData, dev_query_ids, load_groups
+from training.data import TrainingData, dev_query_ids, load_groups, source_licence
 from training.measure import PairScores, measure_reranking, reranker_stage, weight_key
 from training.trainer import TrainReport, TrainSettings, save_compact, train_reranker
 
@@ -188,13 +188,4 @@ def _licences(folder: Path) -> dict[str, str]:
     if listed.is_file():
         return {f"{folder.name}/{src['source']}": src.get("licence", "unknown")
                 for src in json.loads(listed.read_text(encoding="utf-8"))}
-    return {folder.name: _licence(folder)}
-
-
-def _licence(folder: Path) -> str:
-    source = folder / "SOURCE.md"
-    if source.is_file():
-        for line in source.read_text(encoding="utf-8").splitlines():
-            if "licen" in line.lower():
-                return line.strip("-* ").replace("**", "")
-    return "unknown: see the data's own documentation"
+    return {folder.name: source_licence(folder)}

@@ -262,25 +262,18 @@ def labelled_passages(root: Path, split: str, held_back: int, seed: int) -> tupl
     """Judged (query, passage) pairs of a BEIR collection's ``split`` minus the ``held_back`` dev
     queries, and the whole corpus (id -> text) to mine negatives from."""
     from evaluation.collection import load_collection
-    from training.data import dev_query_ids, document_text
+    from training.data import dev_query_ids, document_text, read_jsonl
 
     if split == "test":
         raise InputError("training data from a test split is not allowed")
     collection = load_collection(root, split)
     held = set(dev_query_ids(collection, held_back, seed))
     corpus = {d["_id"]: document_text(d.get("title") or "", d.get("text") or "")
-              for d in _read_jsonl(collection.corpus_path)}
+              for d in read_jsonl(collection.corpus_path)}
     found = [Passage(d, collection.queries[q], corpus[d]) for q in collection.queries if q not in held
              for d in sorted(collection.qrels[q]) if d in corpus]
     return found, corpus
 
-
-def _read_jsonl(path: Path) -> Iterator[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
 
 
 # --- groups --------------------------------------------------------------------------------------
