@@ -35,3 +35,6 @@ class RerankerParams(StageParams):
     top_n: PositiveInt = 5
     weight: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     mix: Literal["score", "minmax"] = "score"
+    # score only the first stage's best `depth` candidates (None: all of them); the others keep their
+    # places after them. A slower, better model as a second pass on the best few (docs/reranker.md)
+    depth: PositiveInt | None = None

@@ -220,8 +220,8 @@ class Pipeline:
             keep = len(retrieved) if context.max_chunks_per_doc is not None else top_n
             # the config's settings rank, whatever scorer (the stage, a server's queue, a cache) scores
             settings = RankSettings.from_params(self.config.reranker.params, max(keep, 1), weight)
-            texts = [hit.text for hit in retrieved]
-            scores = self._run("reranker", lambda: self.reranker.score(query, texts))
+            texts = [hit.text for hit in retrieved][: self.config.reranker.params.depth]
+            scores = _beyond_depth(self._run("reranker", lambda: self.reranker.score(query, texts)), len(retrieved))
             reranked = rank_hits(retrieved, scores, settings)
             reranked = assemble_context(reranked, top_n, context.max_chunks_per_doc, context.merge_neighbours)
             timings["rerank"] = time.perf_counter() - begin
@@ -247,9 +247,10 @@ class Pipeline:
         """The explanation of ``result`` (see :meth:`ask`); the raw scores are the scorer's for the same pairs."""
         raw = None
         if scores is not None:
-            texts = [hit.text for hit in result.retrieved]
+            texts = [hit.text for hit in result.retrieved][: self.config.reranker.params.depth]
             options = ScoreOptions(raw=True)
             raw = self._run("reranker", lambda: self.reranker.score_many([(result.query, texts)], options)[0])
+            raw = _beyond_depth(raw, len(result.retrieved))
         context = self.config.context
         return explain_candidates(
             result.retrieved, result.hits, scores=scores, raw=raw, settings=settings, top_k=top_k,
@@ -355,3 +356,10 @@ def check_manifest(manifest, config: PipelineConfig, embedder: Embedder | None, 
         )
     if not manifest.index.get("metric") == "inner_product":
         raise ConfigError(f"index {index_path} uses metric {manifest.index.get('metric')!r}; expected inner_product")
+
+
+def _beyond_depth(scores: Sequence[float], candidates: int) -> list[float]:
+    """``scores`` of the first candidates, NaN (not scored: the first stage's place) for the rest
+    (``reranker.depth``)."""
+    scores = [float(s) for s in scores]
+    return scores + [float("nan")] * (candidates - len(scores))

@@ -86,6 +86,22 @@ def test_pipeline_explains_scores_mix_and_places(indexed):
     assert [c.reason for c in off.candidates] == [None, None, None, "top_n", "top_n", "top_n"]
 
 
+def test_depth_scores_only_the_best_candidates_and_keeps_the_rest_in_place(indexed):
+    path = indexed("deep", reranker={"depth": 2, "weight": 1.0})
+    pipe = Pipeline.from_yaml(path)
+    scored = []
+    score = pipe.reranker.score
+    pipe.reranker.score = lambda query, texts: scored.append(len(texts)) or score(query, texts)
+    result = pipe.ask(QUERY, top_k=6, top_n=6, explain=True)
+    assert scored == [2]
+    retrieved = [h.chunk_id for h in result.retrieved]
+    assert sorted(h.chunk_id for h in result.reranked[:2]) == sorted(retrieved[:2])
+    assert [h.chunk_id for h in result.reranked[2:]] == retrieved[2:], "not scored: the first stage's places"
+    why = {c.chunk_id: c for c in result.explanation.candidates}
+    assert all(math.isnan(why[c].reranker_score) for c in retrieved[2:])
+    assert not any(math.isnan(why[c].reranker_score) for c in retrieved[:2])
+
+
 def test_hybrid_candidates_show_each_retriever_and_the_fused_score(indexed):
     path = indexed("hybrid", retriever={"type": "hybrid", "top_k": 6, "depth": 8})
     why = Pipeline.from_yaml(path).ask(QUERY, explain=True).explanation
