@@ -124,6 +124,8 @@ def main() -> int:
                              "ones (hard negatives), so answering pairs are common enough to calibrate "
                              "(0: all top-50 pairs, the first stage's base rate)")
     parser.add_argument("--mix", default="minmax", help="how the reranker's score enters the mix (mix_scores mode)")
+    parser.add_argument("--depth", type=int, default=None,
+                        help="score only the first stage's best N (reranker.depth); the rest keep their places")
     args = parser.parse_args()
     header("Reranker on dev queries: weights per first stage, calibration")
     from evaluation.metrics import evaluate_rankings, fold_to_documents
@@ -134,9 +136,11 @@ def main() -> int:
         load_calibration,
     )
     from pipeline.rerankers.cross_encoder import CrossEncoderReranker
-    from pipeline.scoring import mix_scores, rank_by_scores
+    from pipeline.scoring import RankSettings, rank_hits
 
     out = Path(args.out)
+    if args.depth is not None and args.depth < 1:
+        parser.error("--depth must be positive")
     out.mkdir(parents=True, exist_ok=True)
     stage = CrossEncoderReranker(CrossEncoderReranker.Params(
         model=args.model, backend=args.backend, quantize=args.quantize, max_length=args.max_length, device="cpu"))
@@ -156,6 +160,7 @@ def main() -> int:
                 lists = candidates(collection, first, Path(args.cache))
                 for qid, hits in lists.items():
                     query = collection.queries[qid]
+                    hits = hits[: args.depth]
                     missing = list(dict.fromkeys(h.text for h in hits if f"{query}\t{h.text}" not in store))
                     if missing:
                         for text, logit in zip(missing, stage.logits(query, missing)):
@@ -164,17 +169,19 @@ def main() -> int:
                 rankings = {w: {} for w in WEIGHTS}
                 for qid, hits in lists.items():
                     query = collection.queries[qid]
-                    logits = np.array([store[f"{query}\t{h.text}"] for h in hits], dtype=np.float32)
+                    head = hits[: args.depth]
+                    logits = np.array([store[f"{query}\t{h.text}"] for h in head], dtype=np.float32)
                     if first.endswith("dense"):
                         judged = collection.qrels[qid]
-                        pairs = calibration_pairs(logits, [int(judged.get(h.doc_id, 0) > 0) for h in hits],
+                        pairs = calibration_pairs(logits, [int(judged.get(h.doc_id, 0) > 0) for h in head],
                                                   args.calibration_negatives)
                         labelled[part].extend(pairs)
                         per_collection.setdefault((name, part), []).extend(pairs)
-                    scores = calibration.apply(logits)
+                    scores = np.full(len(hits), np.nan, dtype=np.float32)  # beyond --depth: not scored
+                    scores[: len(head)] = calibration.apply(logits)
                     for w in WEIGHTS:
-                        mixed = mix_scores(scores, [h.retrieval_score for h in hits], w, args.mix) if w > 0 else None
-                        ranked = rank_by_scores(hits, mixed, len(hits)) if w > 0 else list(hits)
+                        settings = RankSettings(top_n=len(hits), weight=w, mix=args.mix)
+                        ranked = rank_hits(hits, scores, settings) if w > 0 else list(hits)
                         rankings[w][qid] = [d for d, _ in fold_to_documents(ranked)]
                 table[(name, part, first)] = {
                     w: evaluate_rankings(collection.qrels, rankings[w], ["ndcg@10"]).means["ndcg@10"] for w in WEIGHTS}
