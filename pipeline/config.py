@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
@@ -93,6 +93,16 @@ class RayParams(StageParams):
     temp_dir: str | None = None
 
 
+class ApiKeyParams(StageParams):
+    """One per-collection API key of ``server.api_keys``: the key is the value of the environment variable
+    ``key_env``; ``role`` ``read`` allows the query routes, ``write`` also uploads, deletes and collection
+    changes, on the ``collections`` named (``["*"]``: every collection). An unset variable is no key."""
+
+    key_env: str = Field(min_length=1)
+    role: Literal["read", "write"] = "read"
+    collections: tuple[str, ...] = ("*",)
+
+
 class ServerParams(StageParams):
     """How ``scripts/serve.py`` serves the pipeline over HTTP (docs/serving.md).
 
@@ -129,6 +139,16 @@ class ServerParams(StageParams):
     max_queue: PositiveInt = 256
     api_key_env: str = "RAG_API_KEY"
     shutdown_timeout_s: PositiveInt = 30
+    # Knowledge bases (docs/serving.md): collections the server creates live under data_dir (default: a
+    # "collections" folder beside the first config's index); uploads are bounded per file, per request, and
+    # in the ingestion jobs queued or running at once (429 beyond).
+    data_dir: str | None = None
+    max_upload_mb: float = Field(32.0, gt=0.0)
+    max_upload_files: PositiveInt = 20
+    max_jobs: PositiveInt = 4
+    api_keys: tuple[ApiKeyParams, ...] = ()  # per-collection keys, each read from an environment variable
+
+    path_keys: ClassVar[tuple[str, ...]] = ("data_dir",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +251,8 @@ def _section_params(raw: Mapping[str, Any]):
             continue
         if section == "ray":
             yield section, RayParams
+        elif section == "server":
+            yield section, ServerParams
         elif section in STAGE_KINDS and isinstance(value.get("type"), str):
             try:
                 yield section, registry.lookup(section, value["type"]).Params
