@@ -90,7 +90,7 @@ def register():
                 positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
                 q = _mean(hidden, (segment == 0) & (positions > 0) & valid)
                 p = _mean(hidden, (segment == 2) & (is_sep == 0) & valid)
-                similarity = nn.functional.cosine_similarity(q, p, dim=-1, eps=1e-6).unsqueeze(-1)
+                similarity = _cosine(q, p)
                 logits = self.scale * similarity + self.classifier(self.dropout(_mean(hidden, valid)))
             loss = None
             if labels is not None:
@@ -125,8 +125,7 @@ def register():
                 alone = hidden
                 for layer in self.bert.encoder.layer[split:]:
                     alone = _run(layer, alone, apart_mask)
-                similarity = nn.functional.cosine_similarity(_mean(alone, query), _mean(alone, second),
-                                                             dim=-1, eps=1e-6).unsqueeze(-1)
+                similarity = _cosine(_mean(alone, query), _mean(alone, second))
             together_mask = torch.where(valid.unsqueeze(1), 0.0, low).to(hidden.dtype).unsqueeze(1)
             together_mask = together_mask.expand(-1, -1, width, -1)
             for layer in self.joint:
@@ -139,6 +138,10 @@ def register():
     def _run(layer, hidden, mask):
         out = layer(hidden, attention_mask=mask)
         return out[0] if isinstance(out, tuple) else out
+
+    def _cosine(a, b):  # written out: OpenVINO converts these ops, not aten::cosine_similarity
+        norms = (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-6)
+        return ((a * b).sum(-1) / norms).unsqueeze(-1)
 
     def _mean(hidden, mask):
         weights = mask.unsqueeze(-1).to(hidden.dtype)
