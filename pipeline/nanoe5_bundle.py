@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.errors import MissingDependencyError, ModelNotFoundError
 
+E5_SCALE = 100.0  # 1 / the contrastive temperature (0.01) multilingual-e5 was trained with
 FROZEN_EMBEDDINGS = "frozen_embeddings.json"  # in a model folder: its word embeddings come from the package
 WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 
@@ -219,6 +220,8 @@ def make_cross_encoder_base(bundle: Bundle, layers: int | None = None, split_lay
     config.num_hidden_layers = layers
     config.num_labels = 1
     config.split_layers = split_layers
+    if split_layers:  # the bi-encoder's own sharpness: e5 was trained with temperature 0.01
+        config.similarity_scale = E5_SCALE
     config.bos_token_id, config.eos_token_id = bundle.bos, bundle.eos
     config.architectures = [model_class.__name__]
     model = model_class(config)
