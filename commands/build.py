@@ -1,4 +1,5 @@
-"""Index a corpus folder: python scripts/build_index.py CORPUS_DIR [--config FILE] [--index DIR] [--engine ray]."""
+"""Index a corpus folder: python scripts/build_index.py CORPUS_DIR [--config FILE] [--index DIR] [--engine ray]
+[--watch] (keep it in sync with the folder)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,16 @@ def main(argv=None) -> int:
         "--engine", choices=("local", "ray"), default="local",
         help="where chunking and encoding run: this process (default) or Ray Data (the config's 'ray' section)",
     )
+    watch = parser.add_argument_group("watch mode (keep the index in sync with the folder until stopped)")
+    watch.add_argument("--watch", action="store_true",
+                       help="after the build, keep watching the folder and update the index after each change")
+    watch.add_argument("--debounce", type=float, default=None, metavar="S",
+                       help="update once the folder has been quiet this many seconds (default 1)")
+    watch.add_argument("--poll", action="store_true",
+                       help="poll the folder instead of waiting for OS file events (network file systems; "
+                            "also $RAG_WATCH_POLL=1)")
+    watch.add_argument("--poll-interval", type=float, default=None, metavar="S",
+                       help="seconds between polls (default 1)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
@@ -40,11 +51,19 @@ def main(argv=None) -> int:
     if args.max_file_mb is not None and not (math.isfinite(args.max_file_mb) and args.max_file_mb > 0):
         raise InputError(f"--max-file-mb must be a positive number, got {args.max_file_mb}")
     config = load_config(args.config, args.overrides)
+    if args.watch:
+        return _watch(args, config)
     report = build_index(
         args.corpus, config, args.index, update=args.update, reuse=not args.no_reuse,
         show_progress=show_progress(), max_file_mb=args.max_file_mb or MAX_FILE_MB, engine=args.engine,
         follow_links=args.follow_links,
     )
+    _print_report(report, args.verbose)
+    _prepare_reranker(config)
+    return 0
+
+
+def _print_report(report, verbose: int) -> None:
     m = report.manifest
     seconds = m.build_seconds
     encode = seconds.get("encode", 0.0)
@@ -70,13 +89,79 @@ def main(argv=None) -> int:
         print(f"  skipped {where}: {why}")
     if len(report.skipped) > 20:
         print(f"  ... and {len(report.skipped) - 20} more (see the warnings above)")
-    if args.verbose:
+    if verbose:
         for name in report.unsupported:
             print(f"  not read (no reader for this format): {name}")
     for name in report.removed:
         print(f"  removed old version {report.path / name}")
-    _prepare_reranker(config)
+
+
+def _watch(args, config) -> int:
+    """Build, then keep the index in sync with the folder until SIGINT/SIGTERM (a second one aborts the update
+    in progress; the previous version stays live either way)."""
+    import signal
+    import threading
+    from datetime import datetime
+
+    from indexer.watch import DEBOUNCE_S, POLL_INTERVAL_S, IndexSync
+    from pipeline.errors import InputError
+
+    if args.engine != "local":
+        raise InputError("--watch runs the local engine; drop --engine ray")
+    if args.no_reuse:
+        raise InputError("--watch reuses unchanged vectors by design; drop --no-reuse")
+    for name in ("debounce", "poll_interval"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {value}")
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"{signal.Signals(signum).name}: stopping after the update in progress (again to abort it)",
+              file=sys.stderr, flush=True)
+
+    def on_sync(batch, report, error) -> None:
+        now = datetime.now().strftime("%H:%M:%S")
+        if error is not None:
+            print(f"{now} not updated: {error}; the index keeps its last version", file=sys.stderr, flush=True)
+            if batch is None:
+                print(f"watching {watcher.corpus} ({watcher.watcher.mode}); Ctrl-C to stop", flush=True)
+            return
+        if batch is None:
+            _print_report(report, args.verbose)
+        else:
+            c = report.changes
+            print(f"{now} {batch.describe()} -> {report.version_dir.name}: documents {c['added']} added, "
+                  f"{c['changed']} changed, {c['removed']} removed; chunks {c['encoded_chunks']} encoded, "
+                  f"{c['reused_chunks']} reused; {watcher.status.last_seconds:.1f}s")
+        for name in report.kept:
+            print(f"  kept the indexed version of {name}: it failed to read this time")
+        if batch is None:
+            print(f"watching {watcher.corpus} ({watcher.watcher.mode}); Ctrl-C to stop", flush=True)
+
+    watcher = IndexSync(
+        args.corpus, config, args.index, on_sync=on_sync, update=args.update,
+        debounce=args.debounce or DEBOUNCE_S, polling=True if args.poll else None,
+        poll_interval=args.poll_interval or POLL_INTERVAL_S, max_file_mb=args.max_file_mb or _max_file_mb(),
+        follow_links=args.follow_links,
+    )
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        watcher.run(stop)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    print("stopped watching", flush=True)
     return 0
+
+
+def _max_file_mb() -> float:
+    from indexer.corpus import MAX_FILE_MB
+
+    return MAX_FILE_MB
 
 
 def _prepare_reranker(config) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -71,6 +72,7 @@ class BuildReport:
     changes: dict[str, int] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)  # old or unfinished version folders this build deleted
     unsupported: list[str] = field(default_factory=list)  # files no reader reads, by name
+    kept: list[str] = field(default_factory=list)  # failed files whose previous documents stay (keep_failed)
 
 
 @dataclass
@@ -80,6 +82,7 @@ class _Previous:
     rows: dict[str, int]
     embeddings: np.ndarray
     doc_texts: dict[str, list[str]]
+    version: Path | None = None
 
 
 def embedding_manifest(config: PipelineConfig, embedder) -> dict:
@@ -108,6 +111,8 @@ def build_index(
     engine: str = "local",
     reuse_from: str | Path | None = None,
     follow_links: bool = False,
+    keep_failed: bool = False,
+    embedder: Any = None,
 ) -> BuildReport:
     """Index every document under ``corpus_path`` into ``index_path`` (default: ``index.path``).
 
@@ -127,6 +132,11 @@ def build_index(
             :mod:`indexer.ray_engine`). Everything else is the same.
         follow_links: also read symlinks that lead outside the corpus folder
             (by default they are skipped and counted).
+        keep_failed: a file that fails to read (half-written, corrupt, emptied)
+            keeps the chunks and vectors it has in the live version instead of
+            leaving the index; a removed file still leaves it (the watch mode).
+        embedder: a ready embedder stage of ``config.embedder`` to reuse across
+            builds (default: a new one, loaded for this build).
 
     Raises:
         CorpusError: nothing readable in the corpus.
@@ -150,7 +160,7 @@ def build_index(
         times["read"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        embedder = build_stage(config.embedder)
+        embedder = embedder if embedder is not None else build_stage(config.embedder)
         facts = embedding_manifest(config, embedder)
         times["load_model"] = time.perf_counter() - start
 
@@ -173,6 +183,9 @@ def build_index(
             previous = _load_previous(index_path, facts, strict=update) if (reuse or update) else None
             if previous is None and reuse and reuse_from is not None:
                 previous = _load_previous(Path(reuse_from), facts, strict=False)
+            kept, kept_documents = [], 0
+            if keep_failed and previous is not None:
+                kept, kept_documents = _keep_failed(chunks, corpus.skipped, previous)
             start = time.perf_counter()
             if ray_engine is None:
                 encode = partial(embedder.encode_documents, show_progress=show_progress)
@@ -193,7 +206,7 @@ def build_index(
             chunking=config.chunking.model_dump(),
             index={"type": config.index.type, **index.describe(), "metric": "inner_product"},
             counts={
-                "documents": len(corpus.documents),
+                "documents": len(corpus.documents) + kept_documents,
                 "chunks": len(chunks),
                 "encoded_chunks": len(encoded),
                 "skipped": len(corpus.skipped),
@@ -218,7 +231,8 @@ def build_index(
         removed += _remove_old_versions(index_path, keep=version)
         times["write"] = time.perf_counter() - start
         logger.info("index published at %s (%s)", version, ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
-        return BuildReport(index_path, version, manifest, corpus.skipped, changes, removed, corpus.unsupported_files)
+        return BuildReport(index_path, version, manifest, corpus.skipped, changes, removed, corpus.unsupported_files,
+                           kept)
     finally:
         lock.release()
 
@@ -329,7 +343,30 @@ def _load_previous(index_path: Path, facts: dict, strict: bool) -> _Previous | N
     by_doc: dict[str, list[str]] = {}
     for doc_id, text in doc_texts:
         by_doc.setdefault(doc_id, []).append(text)
-    return _Previous(rows=rows, embeddings=embeddings, doc_texts=by_doc)
+    return _Previous(rows=rows, embeddings=embeddings, doc_texts=by_doc, version=version)
+
+
+def _keep_failed(chunks: list[Chunk], skipped: list[tuple[str, str]], previous: _Previous) -> tuple[list[str], int]:
+    """Append the live version's chunks of files that failed to read this time; their vectors are reused.
+
+    Returns the files kept and how many documents they hold. A kept document whose id a file read
+    this time also has (it moved) is left out, so ids stay unique.
+    """
+    failed = {where for where, _why in skipped}
+    if not failed or previous.version is None:
+        return [], 0
+    store = ChunkStore(previous.version / CHUNKS)
+    try:
+        old = store.chunks_from_files(failed)
+    finally:
+        store.close()
+    present = {chunk.doc_id for chunk in chunks}
+    old = [chunk for chunk in old if chunk.doc_id not in present]
+    chunks.extend(old)
+    files = sorted({chunk.source.rsplit(":", 1)[0] if chunk.source not in failed else chunk.source for chunk in old})
+    for name in files:
+        logger.warning("kept the indexed version of %s: it failed to read this time", name)
+    return files, len({chunk.doc_id for chunk in old})
 
 
 def _changes(chunks: list[Chunk], previous: _Previous | None, encoded: list[int]) -> dict[str, int]:

@@ -258,6 +258,20 @@ class ChunkStore:
         except sqlite3.DatabaseError as exc:
             raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
 
+    def chunks_from_files(self, files: Iterable[str]) -> list[Chunk]:
+        """The chunks read from these files (source ``name``, or ``name:line`` for a JSONL file), in row order."""
+        files = set(files)
+        try:
+            cursor = self._conn.execute(f"SELECT {self._select} FROM chunks ORDER BY id")
+            return [
+                Chunk(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+                      tuple(_json(row[10], list)), _json(row[11], dict))
+                for row in cursor
+                if row[4] in files or row[4].rpartition(":")[0] in files
+            ]
+        except sqlite3.DatabaseError as exc:
+            raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
+
     def matching_rows(self, flt: Filter) -> np.ndarray:
         """The sorted row ids (int64) of the chunks ``flt`` lets through; cached per filter.
 

@@ -1,0 +1,216 @@
+"""The watch mode (indexer/watch.py, ``rag-build CORPUS --watch``) with real processes and real files.
+
+Each change made in the folder (added, changed, removed, renamed file) must show up in the published
+index within a few seconds, with OS events (inotify) and with the polling fallback; editors' temporary
+files publish nothing; a file that fails to read keeps its documents; another writer's lock is waited
+for; SIGTERM stops the process cleanly with the index intact and the lock released.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("watchdog", reason="needs the 'watch' extra: pip install -e '.[watch]'")
+
+from filelock import FileLock
+
+from indexer.watch import Batch, CorpusWatcher, is_ignored
+from pipeline.store import CHUNKS, CURRENT, ChunkStore, current_version
+from tests.conftest import ROOT, TINY_DOCS, write_config
+
+PICKUP_S = 20.0  # generous ceiling on a busy 2-core machine; typical pick-up is 1-3 s (printed with -s)
+
+
+def _write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _docs(index: Path) -> dict[str, str]:
+    """doc_id -> its chunks' text joined, of the live version (empty before the first build)."""
+    try:
+        version = current_version(index)
+    except Exception:
+        return {}
+    store = ChunkStore(version / CHUNKS)
+    try:
+        out: dict[str, str] = {}
+        for doc_id, text in store.doc_texts():
+            out[doc_id] = out.get(doc_id, "") + " " + text
+        return out
+    finally:
+        store.close()
+
+
+def _wait(what: str, condition, timeout: float = PICKUP_S, out: _Output | None = None) -> float:
+    """Seconds until ``condition()`` holds; fails with ``what`` after ``timeout``."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"not within {timeout}s: {what}\n" + (out.text() if out else "")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+class _Output:
+    """The lines a subprocess prints, collected by a thread."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+# -- the watcher alone: which events make which batch ----------------------------------------------------
+
+
+def test_is_ignored_names_editor_and_download_temporaries():
+    for name in (".notes.md.swp", ".notes.md.swx", "notes.md~", ".#notes.md", "#notes.md#", "~$report.docx",
+                 "report.pdf.part", "report.pdf.crdownload", "notes.md.tmp", "4913", ".hidden.md", ".~lock.a.docx#"):
+        assert is_ignored(name), name
+    for name in ("notes.md", "report.pdf", "a~b.txt", "4914", "part.md", "v1.2.txt"):
+        assert not is_ignored(name), name
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["events", "polling"])
+def test_watcher_batches_added_changed_removed_renamed(tmp_path, polling):
+    root = tmp_path / "docs"
+    _write(root, "a.md", "alpha")
+    _write(root, "b.txt", "beta")
+    _write(root, "sub/c.md", "gamma")
+    with CorpusWatcher(root, debounce=0.3, polling=polling, poll_interval=0.2, exclude=[root / "index"]) as watcher:
+        assert watcher.mode == ("polling" if polling else "inotify")
+        time.sleep(0.3)  # the polling observer's first snapshot
+        _write(root, "new.md", "delta")
+        (root / "a.md").write_text("alpha, changed", encoding="utf-8")
+        (root / "b.txt").unlink()
+        (root / "sub/c.md").rename(root / "sub/c2.md")
+        for rel in (".a.md.swp", "a.md~", ".#a.md", "x.pdf.part", "y.pdf.crdownload", "#a.md#", "picture.png",
+                    "index/manifest.md"):
+            _write(root, rel, "noise")
+        batch = watcher.next_batch(timeout=10)
+        assert batch == Batch(changed=("a.md", "new.md", "sub/c2.md"), removed=("b.txt", "sub/c.md"))
+        # Only ignored files change: no batch.
+        _write(root, "a.md~", "more noise")
+        (root / ".a.md.swp").unlink()
+        assert watcher.next_batch(timeout=1.5) is None
+        # A burst of writes to one file is one batch, handed out once the folder is quiet.
+        start = time.monotonic()
+        for i in range(5):
+            (root / "a.md").write_text(f"alpha {i}", encoding="utf-8")
+            time.sleep(0.1)
+        batch = watcher.next_batch(timeout=10)
+        assert batch == Batch(changed=("a.md",)) and time.monotonic() - start >= 0.7
+
+
+def test_watcher_stops_a_waiting_next_batch(tmp_path):
+    watcher = CorpusWatcher(tmp_path, debounce=0.2).start()
+    stop = threading.Event()
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append(watcher.next_batch(stop)))
+    thread.start()
+    time.sleep(0.3)
+    stop.set()
+    thread.join(5)
+    watcher.stop()
+    assert not thread.is_alive() and got == [None]
+
+
+# -- rag-build --watch as a real process -----------------------------------------------------------------
+
+
+def _start(tmp_path: Path, tiny_embedder_dir: Path, *flags: str, env: dict | None = None):
+    corpus = tmp_path / "corpus"
+    for rel, text in TINY_DOCS.items():
+        _write(corpus, rel, text)
+    index = tmp_path / "index"
+    config = write_config(tmp_path / "tiny.yaml", str(tiny_embedder_dir), index)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "commands.build", str(corpus), "--config", str(config), "--watch",
+         "--debounce", "0.3", *flags],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+    return proc, _Output(proc), corpus, index
+
+
+def _stop(proc: subprocess.Popen, out: _Output, index: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, out.text()
+    assert "stopped watching" in out.text()
+    assert not list(index.glob("v-*.tmp")), "an unfinished version was left behind"
+    FileLock(str(index / ".lock"), timeout=0).acquire()  # the build lock was released
+    assert _docs(index), "the index is still readable"
+
+
+@pytest.mark.parametrize("mode", ["inotify", "polling"])
+def test_rag_build_watch_keeps_the_index_in_sync(tmp_path, tiny_embedder_dir, mode):
+    # Polling is asked for by the environment variable here, by --poll in the README.
+    env = {"RAG_WATCH_POLL": "1"} if mode == "polling" else {}
+    proc, out, corpus, index = _start(tmp_path, tiny_embedder_dir, "--poll-interval", "0.3", env=env)
+    try:
+        _wait("the first build", lambda: set(_docs(index)) == set(TINY_DOCS), timeout=120)
+        _wait("the watching line", lambda: "watching" in out.text(), timeout=10)
+        assert f"({mode})" in out.text(), out.text()
+        times = {}
+
+        _write(corpus, "new/zinc.md", "# Zinc\nZinc deficiency slows wound healing and weakens taste.")
+        times["added"] = _wait("added file", lambda: "new/zinc.md" in _docs(index), out=out)
+
+        before = _docs(index)["vitamin-c.md"]
+        _write(corpus, "vitamin-c.md", "# Vitamin C\nPython is a snake; iron and vitamin D are not.")
+        times["changed"] = _wait("changed file", lambda: _docs(index)["vitamin-c.md"] != before, out=out)
+        assert "snake" in _docs(index)["vitamin-c.md"]
+
+        (corpus / "iron.txt").unlink()
+        times["removed"] = _wait("removed file", lambda: "iron.txt" not in _docs(index), out=out)
+
+        (corpus / "code/python.md").rename(corpus / "code/py.md")
+        times["renamed"] = _wait("renamed file",
+                                 lambda: "code/py.md" in (d := _docs(index)) and "code/python.md" not in d, out=out)
+
+        # Editors' temporaries and hidden files publish no version.
+        live = (index / CURRENT).read_text()
+        for rel in (".vitamin-d.md.swp", "vitamin-d.md~", ".#vitamin-d.md", "#vitamin-d.md#", "big.pdf.part",
+                    "big.pdf.crdownload", "vitamin-d.md.tmp", ".hidden/notes.md", "4913"):
+            _write(corpus, rel, "editor noise")
+        time.sleep(1.2)
+        assert (index / CURRENT).read_text() == live, "a temporary file triggered an update"
+
+        # A file that fails to read (here: emptied, as an editor does before writing) keeps its documents.
+        before = _docs(index)["vitamin-d.md"]
+        (corpus / "vitamin-d.md").write_text("", encoding="utf-8")
+        _write(corpus, "late.txt", "A late arrival about magnesium.")  # the same batch adds a file
+        _wait("the batch with the emptied file", lambda: "late.txt" in _docs(index))
+        assert _docs(index)["vitamin-d.md"] == before
+        _wait("the kept line", lambda: "kept the indexed version of vitamin-d.md" in out.text(), timeout=5)
+
+        if mode == "polling":  # another writer (a build, an upload job) holds the index: the batch waits for it
+            with FileLock(str(index / ".lock"), timeout=5):
+                _write(corpus, "while-locked.md", "Written while another writer held the lock.")
+                time.sleep(1.5)
+                assert "while-locked.md" not in _docs(index)
+            times["after the lock"] = _wait("the batch retried after the lock",
+                                            lambda: "while-locked.md" in _docs(index), out=out)
+
+        print(f"\n{mode} pick-up seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
+        assert max(times.values()) < PICKUP_S
+    finally:
+        if proc.poll() is None:
+            _stop(proc, out, index)
+
