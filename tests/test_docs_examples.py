@@ -87,3 +87,57 @@ def test_each_example_is_what_the_server_answers(client, name, path, body, answe
     response = client.get(path) if body is None else client.post(path, json=body)
     assert response.status_code == 200, response.text
     documented(answer, response.json(), path)
+
+
+def reshaped(doc, real):
+    """``real`` cut to the shape ``doc`` shows (its keys, its first list items, its float precision)."""
+    if isinstance(doc, dict) and isinstance(real, dict):
+        return {key: value if key in VOLATILE else reshaped(value, real.get(key)) for key, value in doc.items()}
+    if isinstance(doc, list) and isinstance(real, list):
+        return [reshaped(a, b) for a, b in zip(doc, real)]
+    if isinstance(doc, str) and doc.endswith("...") and isinstance(real, str):
+        return real[: max(len(doc) - 3, 1)] + "..."
+    if isinstance(doc, str) and doc.startswith("...") and isinstance(real, str):
+        return "..." + real[-max(len(doc) - 3, 1):]
+    if isinstance(doc, float) and isinstance(real, (int, float)):
+        decimals = len(repr(doc).split(".")[1]) if "." in repr(doc) and "e" not in repr(doc) else 4
+        return round(float(real), max(decimals, 2))
+    return real
+
+
+def rewrite_page() -> int:
+    """Replace each JSON answer on the page by the server's answer to its curl request, in the shape shown:
+    ``python -m tests.test_docs_examples`` after a change of the offline model or its settings."""
+    import tempfile
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from indexer.build import build_index
+    from pipeline.config import load_config
+    from server import create_app
+
+    config = load_config(ROOT / "configs" / "offline.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        index = Path(tmp) / "index"
+        build_index(ROOT / "data", config, index)
+        with TestClient(create_app({"offline": config}, {"offline": index})) as client:
+            while client.get("/readyz").status_code != 200:
+                time.sleep(0.1)
+            text = DOC.read_text(encoding="utf-8")
+
+            def answer(match: re.Match) -> str:
+                command, shown = match.group(1), json.loads(match.group(2))
+                flat = command.replace("\\\n", " ")
+                path = re.search(r"localhost:8000(/[\w/.{}-]*)", flat).group(1)
+                body = re.search(r"-d '(.*)'", flat, re.S)
+                response = client.get(path) if body is None else client.post(path, json=json.loads(body.group(1)))
+                real = reshaped(shown, response.json())
+                return f"```bash\n{command}```\n\n```json\n{json.dumps(real, indent=2, ensure_ascii=False)}\n```"
+
+            DOC.write_text(re.sub(r"```bash\n(curl [^`]*?)```\n\n```json\n([^`]*?)```", answer, text), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(rewrite_page())
