@@ -113,6 +113,17 @@ def read_corpus(root: str | Path, max_file_mb: float = MAX_FILE_MB, *, follow_li
     return corpus
 
 
+def read_file(path: Path, rel: str, max_file_mb: float = MAX_FILE_MB) -> tuple[list[Document], list[tuple[str, str]]]:
+    """The documents of one file, read as a build reads it, and what was skipped with the reason (never
+    raises for the file's content): how an uploaded file is checked before it joins a corpus."""
+    reader = reader_for(rel)
+    if reader is None:
+        return [], [(rel, "no reader for this format")]
+    skipped: list[tuple[str, str]] = []
+    max_bytes = max(int(min(max_file_mb, 2**30) * 2**20), 1)
+    return list(_read_file(reader, path, rel, skipped, max_bytes)), skipped
+
+
 def _corpus_files(root: Path, corpus: Corpus, follow_links: bool) -> Iterator[tuple[Path, str]]:
     """(path to open, name relative to ``root``) of every file to consider; problems go to ``corpus``."""
     if root.is_file():  # named on purpose, so a link is followed

@@ -67,7 +67,9 @@ def create_app(
                   summary="Retrieve-then-rerank over a FAISS or Milvus index, with a cross-encoder.")
     app.state.service = service
     app.state.pipelines, app.state.metrics, app.state.settings = service.pipelines, service.metrics, service.settings
-    app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
+    settings = service.settings
+    upload_limit = int(settings.max_upload_mb * 2**20) * settings.max_upload_files + 2**20  # + multipart overhead
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=upload_limit)
     observe_requests(app, service.metrics)
 
     def count_rejections(exc: Exception, status: int) -> None:

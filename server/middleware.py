@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from fastapi import FastAPI, Request
@@ -10,22 +11,31 @@ from starlette.exceptions import HTTPException
 
 from server.metrics import Metrics
 
+UPLOAD_PATH = re.compile(r"/v1/collections/[^/]+/documents/?")
+
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is a 413 (by Content-Length, or while reading)."""
+    """ASGI middleware: a request body over ``limit`` bytes is a 413 (by Content-Length, or while reading).
 
-    def __init__(self, app, limit: int) -> None:
+    An upload (``POST /v1/collections/{name}/documents``) has its own limit, ``upload_limit``.
+    """
+
+    def __init__(self, app, limit: int, upload_limit: int | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.upload_limit = upload_limit or limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = f"request body over {self.limit} bytes (server.max_body_bytes)"
+        limit, setting = self.limit, "server.max_body_bytes"
+        if scope.get("method") == "POST" and UPLOAD_PATH.fullmatch(scope.get("path", "")):
+            limit, setting = self.upload_limit, "server.max_upload_mb x server.max_upload_files"
+        message = f"request body over {limit} bytes ({setting})"
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
-                    too_large = int(value) > self.limit
+                    too_large = int(value) > limit
                 except ValueError:
                     too_large = False
                 if too_large:
@@ -38,7 +48,7 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     raise HTTPException(413, message)
             return msg
 

@@ -51,6 +51,7 @@ class Served:
     index_path: Path
     pipeline: Pipeline | None = None
     failed_version: str | None = None  # a version that failed to load; not retried until CURRENT moves again
+    collection: str | None = None  # a collection's pipeline (loaded on its first request), not a served config
 
 
 class PipelineSet:
@@ -86,6 +87,7 @@ class PipelineSet:
         self._stages: dict[tuple[str, str], Any] = {}
         self._batchers: dict[str, MicroBatcher] = {}
         self._indexes: dict[str, tuple[str, Any]] = {}  # index key -> (version, IndexBundle)
+        self.attached: dict[tuple[str, str], Served] = {}  # (collection, config) -> its pipeline
         self._lock = threading.Lock()
         self.error: str | None = None
 
@@ -102,14 +104,39 @@ class PipelineSet:
     def ready(self) -> bool:
         return all(s.pipeline is not None for s in self.served.values())
 
-    def get(self, name: str | None = None) -> tuple[Served, Pipeline]:
+    def attach(self, collection: str, config: str, index_path: Path) -> Served:
+        """The pipeline of config ``config`` over a collection's index (made on first use, loaded by :meth:`get`)."""
+        key = (collection, config)
+        served = self.attached.get(key)
+        if served is None or served.index_path != index_path:
+            served = self.attached[key] = Served(config, self.resolve(config).config, index_path, collection=collection)
+        return served
+
+    def detach(self, collection: str) -> None:
+        """Forget the pipelines of a deleted collection."""
+        for key in [k for k in self.attached if k[0] == collection]:
+            del self.attached[key]
+
+    def embedder(self, config: PipelineConfig) -> Any:
+        """The loaded embedder of ``config`` (shared with the pipelines; ingestion jobs encode with it)."""
+        embedder = config.embedder
+        return self._shared("embedder", embedder.to_dict(), lambda: build_stage(embedder))
+
+    def get(self, name: str | None = None, *, served: Served | None = None) -> tuple[Served, Pipeline]:
         """The pipeline to answer one request with: the live index version's (swapped in if it moved).
+
+        ``served``: an attached collection's pipeline (:meth:`attach`) instead of the config ``name``.
 
         Raises:
             NotReadyError: the pipeline is not loaded yet.
         """
-        served = self.resolve(name)
+        served = served or self.resolve(name)
         pipe = served.pipeline
+        if pipe is None and served.collection is not None and self.ready:
+            with self._lock:  # a collection's first request loads its index (the models are shared)
+                if served.pipeline is None:
+                    served.pipeline = self._build(served)
+            pipe = served.pipeline
         if pipe is None:
             raise NotReadyError(self.error or "models and index are still loading")
         live = read_current(served.index_path)

@@ -28,6 +28,8 @@ class AskRequest(BaseModel):
         None, description="search only matching chunks: {\"source\": \"manuals/*.pdf\", \"lang\": [\"zh\", \"en\"]} "
         "(source/doc_id are globs, page a number, other keys match document metadata) or [\"KEY=VALUE\", ...]")
     config: StrictStr | None = Field(None, description="name of the config to answer with (default: the first)")
+    collection: StrictStr | None = Field(
+        None, description="the collection (knowledge base) to search (default: the config's own index)")
     answer: StrictBool | None = Field(
         None, description="answer from the top_n passages with the config's generator (default: when it has one)")
     explain: StrictBool = Field(False, description="add 'explain': per candidate, why it is where it is")
@@ -58,6 +60,7 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr | None = None
+    collection: StrictStr | None = Field(None, description="the collection to answer from (default: the config index)")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
@@ -82,6 +85,7 @@ class SearchRequest(BaseModel):
     top_k: StrictInt | None = Field(None, gt=0)
     filter: dict[str, Any] | list[Any] | None = Field(None, description="as in /v1/ask")
     config: StrictStr | None = None
+    collection: StrictStr | None = Field(None, description="as in /v1/ask")
     explain: StrictBool = Field(False, description="add 'explain': per candidate, its first-stage place and score")
 
 

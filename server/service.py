@@ -7,9 +7,7 @@ shapes the answer. Loading, readiness, the API key and the checks every route sh
 
 from __future__ import annotations
 
-import hmac
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -23,10 +21,12 @@ from pipeline.config import PipelineConfig, ServerParams
 from pipeline.filters import Filter
 from pipeline.pipeline import Pipeline, validate_query
 from pipeline.types import ScoreOptions
+from server.access import Access, Grant
 from server.cache import ResponseCache
 from server.errors import ApiError
+from server.knowledge import Knowledge
 from server.metrics import Metrics
-from server.pipelines import PipelineSet, Served
+from server.pipelines import PipelineSet, Served, read_current
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,10 @@ class Service:
         self.pipelines = PipelineSet(
             configs, index_paths, settings, on_batch=self.metrics.observe_batch, on_swap=self._swapped,
         )
-        self.api_key = os.environ.get(settings.api_key_env) or None
+        self.access = Access(settings)
+        self.api_key = self.access.master
+        self.knowledge = Knowledge(configs, {name: s.index_path for name, s in self.pipelines.served.items()},
+                                   settings, embedder_for=self.pipelines.embedder)
         self.started = int(time.time())
         self._load_on_start = load
         self._loader: threading.Thread | None = None
@@ -89,24 +92,28 @@ class Service:
         try:
             pipelines.load()
             self.metrics.ready.set(1)
+            self.knowledge.resume()  # jobs a stopped server left unfinished
             logger.info("ready: %s", ", ".join(f"{s.name} ({s.pipeline.version})" for s in pipelines.served.values()))
         except Exception as exc:  # reported by /readyz; retried on its next call
             pipelines.error = f"loading failed: {exc}"
             logger.error("%s", pipelines.error)
 
     def close(self) -> None:
+        self.knowledge.queue.close()
         self.pipelines.close()
 
     # -- checks every route shares ----------------------------------------------------------------
 
-    def authorize(self, request: Request) -> None:
-        """Raise 401 unless the request carries the API key (when one is set)."""
-        if self.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                           {"WWW-Authenticate": "Bearer"})
+    def authorize(self, request: Request) -> Grant:
+        """Raise 401 unless the request carries one of the API keys (when any is set); its grant is kept on
+        ``request.state.grant`` for the checks of a collection (:meth:`require`)."""
+        grant = request.state.grant = self.access.grant(request)
+        return grant
+
+    def require(self, request: Request, collection: str | None, role: str = "read") -> None:
+        """403 unless the request's key may ``role`` (read or write) ``collection``."""
+        grant = getattr(request.state, "grant", None) or self.authorize(request)
+        self.access.require(grant, collection, role)
 
     def check_query(self, query: str) -> str:
         if len(query) > self.settings.max_query_chars:
@@ -125,9 +132,29 @@ class Service:
         """The request's filter, parsed once (a malformed one is a 422 that names the problem)."""
         return Filter.from_value(value)
 
-    def pipeline(self, name: str | None) -> tuple[Served, Pipeline]:
-        """The served config called ``name`` (None: the default) and the pipeline answering for it now."""
-        return self.pipelines.get(name)
+    def pipeline(self, name: str | None, collection: str | None = None,
+                 request: Request | None = None) -> tuple[Served, Pipeline]:
+        """The served config called ``name`` (None: the default) and the pipeline answering for it now.
+
+        ``collection`` answers from that collection's index (with ``name``, or the collection's own config);
+        None keeps the config's own index, as before. With ``request``, its key must may read the collection.
+        """
+        if collection is None:
+            served, pipe = self.pipelines.get(name)
+            if request is not None:
+                self.require(request, self.knowledge.config_collection.get(served.name), "read")
+            return served, pipe
+        col = self.knowledge.get(collection)
+        if request is not None:
+            self.require(request, col.name, "read")
+        config = name or col.config
+        if not col.managed and self.pipelines.resolve(config).index_path == col.index_path:
+            return self.pipelines.get(config)
+        served = self.pipelines.attach(col.name, config, col.index_path)
+        if read_current(col.index_path) is None:
+            raise ApiError(409, "empty_collection", f"collection {col.name!r} has no indexed document yet: upload "
+                           f"some (POST /v1/collections/{col.name}/documents) and wait for the job")
+        return self.pipelines.get(served=served)
 
     # -- reranking documents (no first stage) ------------------------------------------------------
 

@@ -5,8 +5,8 @@ Adding a route is one module with an ``APIRouter`` named ``router``, listed in :
 
 from __future__ import annotations
 
-from server.routes import ask, chat, health, models, page, rerank
+from server.routes import ask, chat, collections, health, models, page, rerank
 
-ROUTERS = (health.router, models.router, ask.router, chat.router, rerank.router, page.router)
+ROUTERS = (health.router, models.router, ask.router, chat.router, rerank.router, collections.router, page.router)
 
 __all__ = ["ROUTERS"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from pipeline.render import explanation_to_dict, hit_to_dict, result_to_dict
 from pipeline.scoring import explain_candidates
@@ -25,7 +25,7 @@ def cached(app: Service, response: Response, key: str | None) -> dict[str, Any] 
 
 
 @router.post("/v1/ask")
-def ask(body: AskRequest, app: App, response: Response) -> dict[str, Any]:
+def ask(body: AskRequest, app: App, request: Request, response: Response) -> dict[str, Any]:
     """Retrieve ``top_k`` candidates and rerank them to ``top_n``: both lists, timings, version, config.
 
     A repeated request (same config, index version and body) is answered from the response cache,
@@ -33,7 +33,7 @@ def ask(body: AskRequest, app: App, response: Response) -> dict[str, Any]:
     """
     flt = app.check_filter(body.filter)
     query = app.check_query(body.query)
-    served, pipe = app.pipeline(body.config)
+    served, pipe = app.pipeline(body.config, body.collection, request)
     top_k = app.check_top_k(body.top_k)
     generates = body.answer if body.answer is not None else pipe.config.generator is not None
     key = None if generates else app.cache.key(served.name, pipe.version, "ask", body.model_dump())
@@ -44,17 +44,19 @@ def ask(body: AskRequest, app: App, response: Response) -> dict[str, Any]:
     app.metrics.observe_timings(result.timings)
     response.headers["Server-Timing"] = server_timing(result.timings)
     answer = result_to_dict(result, config=served.name, index_version=pipe.version)
+    if body.collection is not None:
+        answer["collection"] = body.collection
     if key is not None:
         app.cache.put(key, answer)
     return answer
 
 
 @router.post("/v1/search")
-def search(body: SearchRequest, app: App, response: Response) -> dict[str, Any]:
+def search(body: SearchRequest, app: App, request: Request, response: Response) -> dict[str, Any]:
     """The first stage only: ``top_k`` hits with their retrieval scores."""
     flt = app.check_filter(body.filter)
     query = app.check_query(body.query)
-    served, pipe = app.pipeline(body.config)
+    served, pipe = app.pipeline(body.config, body.collection, request)
     top_k = app.check_top_k(body.top_k) or pipe.top_k
     key = app.cache.key(served.name, pipe.version, "search", body.model_dump())
     if (answer := cached(app, response, key)) is not None:
@@ -71,6 +73,7 @@ def search(body: SearchRequest, app: App, response: Response) -> dict[str, Any]:
         "timings_ms": {k: round(v * 1000, 2) for k, v in timings.items()},
         "config": served.name,
         "index_version": pipe.version,
+        **({"collection": body.collection} if body.collection is not None else {}),
     }
     if body.explain:
         out["explain"] = explanation_to_dict(explain_candidates(hits, hits, top_k=top_k, top_n=len(hits),

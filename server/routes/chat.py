@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from pipeline.errors import GeneratorError, RagError
@@ -24,14 +24,14 @@ router = APIRouter(tags=["pipeline"], dependencies=[Depends(authorize)])
 
 
 @router.post("/v1/chat/completions")
-def chat_completions(body: ChatRequest, app: App, response: Response):
+def chat_completions(body: ChatRequest, app: App, request: Request, response: Response):
     """OpenAI's chat completions over the pipeline: the last user message is retrieved, reranked and
     answered by the config's generator. ``rag`` in the reply (in the last chunk when streaming) holds
     the citations, the numbered passages and the timings; streamed pieces are the model's raw text."""
     question = next((m.text for m in reversed(body.messages) if m.role == "user"), "")
     query = app.check_query(question)
     top_k = app.check_top_k(body.top_k)
-    served, pipe = app.pipeline(body.model if body.model in app.pipelines.served else None)
+    served, pipe = app.pipeline(body.model if body.model in app.pipelines.served else None, body.collection, request)
     if pipe.config.generator is None:
         raise ApiError(400, "unsupported", f"config {served.name!r} has no generator: section (docs/answers.md)")
     result = pipe.ask(query, top_k, body.top_n, generate=False)
