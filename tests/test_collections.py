@@ -394,3 +394,32 @@ def test_deleting_a_collection_removes_only_what_the_server_wrote(kb):
         assert _status(http.post("/v1/ask", json={"query": "widget", "collection": "kb"})) == (404, "not_found")
         assert http.post("/v1/ask", json={"query": "vitamin D"}).status_code == 200
     assert "Traceback" not in server.output()
+
+
+def test_a_watched_folder_re_ingests_a_served_collection_through_submit_changes(tmp_path, tiny_embedder_dir):
+    """The API the watched folder calls: one incremental job over a config's own index, vectors reused."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("# A\nThe widget moves files between machines.\n")
+    (corpus / "b.txt").write_text("Plugins extend the widget.\n")
+    config_path = write_config(tmp_path / "plain.yaml", str(tiny_embedder_dir), tmp_path / "index",
+                               server={"data_dir": str(tmp_path / "data")})
+    config = load_config(config_path)
+    build_index(corpus, config)
+    knowledge = Knowledge({"plain": config}, {"plain": tmp_path / "index"}, config.server)
+    try:
+        (corpus / "c.md").write_text("# C\nA new note about the widget's cache folder.\n")
+        (corpus / "b.txt").unlink()
+        (corpus / "a.md").write_bytes(b"\xff\xfe\x00binary")  # half-written or corrupt
+        job = knowledge.submit_changes("plain", corpus, changed=["c.md", "a.md"], removed=["b.txt"])
+        deadline = time.monotonic() + 60
+        while not job.finished:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+        assert job.state == "done" and job.version == current_version(tmp_path / "index").name
+        assert [f["file"] for f in job.failures] == ["a.md"]  # unreadable now: its indexed version stays
+        assert set(_index_documents(tmp_path / "index")) == {"a.md", "c.md"}
+        assert {d["id"] for d in knowledge.documents("plain")} == {"a.md", "c.md"}
+        assert knowledge.job(job.id).to_dict() == job.to_dict()
+    finally:
+        knowledge.queue.close()
