@@ -21,6 +21,14 @@
   const statusLine = $("status");
   const results = $("results");
   const serverInfo = $("server-info");
+  const collectionSelect = $("collection");
+  const kbSummary = $("kb-summary");
+  const dropZone = $("drop-zone");
+  const fileInput = $("file-input");
+  const uploadProgress = $("upload-progress");
+  const uploadStatus = $("upload-status");
+  const uploadFailures = $("upload-failures");
+  const documentsBody = $("documents").querySelector("tbody");
 
   const RETRIEVED_SHOWN = 10; // retrieved hits shown before "show all"
   const STAGES = ["embed", "search", "retrieve", "rerank", "total"];
@@ -31,6 +39,9 @@
   );
 
   let configs = []; // [{name, reranker, top_k, top_n, weight}]
+  let collections = []; // [{name, config, managed, documents, chunks, index_version}]
+  let defaultCollection = "";
+  let uploading = false;
   let requestSeq = 0;
 
   // ---- small DOM helpers -------------------------------------------------------------------------
@@ -183,6 +194,7 @@
         configs.map((c) => `${c.name}${c.reranker ? "" : " (no reranker)"}`).join(", ") +
         (configs.length > 1 ? " — tick Compare to run two side by side." : "");
       applyDefaults();
+      await loadCollections();
       restoreFromUrl();
     } catch (err) {
       serverInfo.textContent = "Could not load the server's configs.";
@@ -265,6 +277,7 @@
     } else {
       body.reranker = false;
     }
+    if (collectionSelect.value && collectionSelect.value !== defaultCollection) body.collection = collectionSelect.value;
     const clauses = filterClauses();
     if (clauses.length) body.filter = clauses;
     if ($("answer") && $("answer").checked) body.answer = true;
@@ -631,12 +644,191 @@
     root.addEventListener("focusout", (e) => toggle(e, false));
   }
 
+  // ---- knowledge base: collections, uploads with a progress bar, documents -----------------------
+
+  function collectionByName(name) {
+    return collections.find((c) => c.name === name);
+  }
+
+  async function loadCollections(select) {
+    let data;
+    try {
+      data = await fetchJson("v1/collections");
+    } catch (err) {
+      kbSummary.textContent = "unavailable";
+      return;
+    }
+    collections = Array.isArray(data.collections) ? data.collections : [];
+    defaultCollection = data.default || (collections[0] && collections[0].name) || "";
+    const chosen = select || collectionSelect.value || defaultCollection;
+    collectionSelect.replaceChildren(
+      ...collections.map((c) => el("option", { value: c.name, selected: c.name === chosen },
+        c.name + (c.managed ? "" : " (index of a config)"))),
+    );
+    await showCollection();
+  }
+
+  /** The chosen collection's summary and documents; uploads only where the server manages the collection. */
+  async function showCollection() {
+    const col = collectionByName(collectionSelect.value);
+    if (!col) return;
+    kbSummary.textContent = `${col.name}: ${col.documents} document${col.documents === 1 ? "" : "s"}, ` +
+      `${col.chunks} chunks` + (col.managed ? "" : " (built by rag-build; create a collection to upload)");
+    dropZone.classList.toggle("disabled", !col.managed);
+    fileInput.disabled = !col.managed || uploading;
+    let docs = [];
+    try {
+      docs = (await fetchJson(`v1/collections/${encodeURIComponent(col.name)}/documents`)).documents || [];
+    } catch (err) {
+      showError(err, col.name);
+    }
+    documentsBody.replaceChildren(...docs.map((d) => {
+      const remove = el("button", { type: "button", class: "link", title: `delete ${d.id}` }, "delete");
+      remove.dataset.doc = d.id;
+      remove.hidden = !col.managed;
+      remove.addEventListener("click", () => deleteDocument(col.name, d.id));
+      const row = el("tr", null, el("td", null, d.source || d.id), el("td", null, d.format || ""),
+        el("td", null, d.pages == null ? "" : String(d.pages)), el("td", null, d.chunks == null ? "" : String(d.chunks)),
+        el("td", null, d.state === "indexed" ? (d.indexed_at || "").replace("T", " ").replace("+00:00", " UTC") : d.state),
+        el("td", null, remove));
+      row.dataset.doc = d.id;
+      return row;
+    }));
+    documentsBody.parentElement.dataset.loaded = String(Date.now()); // for tests: the list was refreshed
+  }
+
+  async function createCollection() {
+    const input = $("new-collection");
+    const name = input.value.trim();
+    if (!name) return;
+    hideError();
+    try {
+      await fetchJson("v1/collections", { name, config: configSelect.value });
+    } catch (err) {
+      showError(err, "new collection");
+      return;
+    }
+    input.value = "";
+    $("kb").open = true;
+    await loadCollections(name);
+  }
+
+  function setUpload(state, text, fraction) {
+    uploadStatus.dataset.state = state;
+    uploadStatus.textContent = text;
+    uploadProgress.hidden = false;
+    if (fraction !== undefined) uploadProgress.value = Math.max(0, Math.min(1, fraction));
+  }
+
+  /** POST the files as multipart (XHR: its upload reports progress), then follow the job to its end. */
+  function uploadFiles(fileList) {
+    const files = Array.from(fileList || []);
+    const col = collectionByName(collectionSelect.value);
+    if (!files.length || uploading) return;
+    if (!col || !col.managed) {
+      showError(new Error("pick or create a collection to upload into"), "upload");
+      return;
+    }
+    hideError();
+    uploading = true;
+    uploadFailures.replaceChildren();
+    const form = new FormData();
+    files.forEach((f) => form.append("files", f, f.name));
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `v1/collections/${encodeURIComponent(col.name)}/documents`);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable) setUpload("uploading", `Uploading ${files.length} file(s)…`, 0.2 * e.loaded / e.total);
+    };
+    xhr.onerror = () => finishUpload("failed", "cannot reach the server");
+    xhr.onload = () => {
+      let data = null;
+      try {
+        data = JSON.parse(xhr.responseText);
+      } catch {
+        data = null;
+      }
+      if (xhr.status >= 400 || !data) {
+        finishUpload("failed", errorMessage(data, `upload failed (HTTP ${xhr.status})`));
+        return;
+      }
+      const dups = (data.files || []).filter((f) => f.state === "duplicate");
+      dups.forEach((f) => uploadFailures.append(el("li", null, `${f.name}: already here as ${f.duplicate_of}`)));
+      if (!data.job) {
+        finishUpload("done", "Nothing new: every file is already in the collection.");
+        return;
+      }
+      followJob(col.name, data.job.id);
+    };
+    setUpload("uploading", `Uploading ${files.length} file(s)…`, 0);
+    xhr.send(form);
+  }
+
+  async function followJob(name, id) {
+    for (;;) {
+      let job;
+      try {
+        job = await fetchJson(`v1/jobs/${encodeURIComponent(id)}`);
+      } catch (err) {
+        finishUpload("failed", err.message);
+        return;
+      }
+      const p = job.progress || {};
+      const files = p.files_total || 1;
+      const read = (p.files_read + p.files_failed + p.duplicates) / files;
+      const encoded = p.chunks_total ? p.chunks_encoded / p.chunks_total : 0;
+      const fraction = job.state === "done" ? 1 : 0.2 + 0.3 * read + 0.45 * encoded;
+      setUpload(job.state === "done" || job.state === "failed" ? "finishing" : "indexing",
+        `${job.stage}: ${p.files_read}/${p.files_total} files read, ` +
+        `${p.chunks_encoded}/${p.chunks_total} chunks encoded`, fraction);
+      if (job.state === "done" || job.state === "failed") {
+        (job.failures || []).forEach((f) => uploadFailures.append(el("li", null, `${f.file}: ${f.reason}`)));
+        const text = job.state === "done"
+          ? `Done: ${p.files_read} file(s) indexed` + (job.failures.length ? `, ${job.failures.length} failed` : "") +
+            (job.version ? ` (version ${job.version})` : "")
+          : `Failed: ${job.error || "see the files below"}`;
+        await loadCollections(name);
+        finishUpload(job.state, text);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+
+  function finishUpload(state, text) {
+    uploading = false;
+    fileInput.value = "";
+    setUpload(state, text, state === "done" ? 1 : uploadProgress.value);
+    if (state === "failed") showError(new Error(text), "upload");
+    showCollection();
+  }
+
+  async function deleteDocument(name, id) {
+    hideError();
+    let data;
+    try {
+      const response = await fetch(`v1/collections/${encodeURIComponent(name)}/documents/${encodeURIComponent(id)}`,
+        { method: "DELETE", headers: { Accept: "application/json" } });
+      data = await response.json();
+      if (!response.ok) throw new ApiError(response.status, errorMessage(data, "delete failed"));
+    } catch (err) {
+      showError(err, `delete ${id}`);
+      return;
+    }
+    uploading = true;
+    setUpload("indexing", `Removing ${id}…`, 0.5);
+    await followJob(name, data.job.id);
+  }
+
   // ---- URL state (a question can be linked and reloaded) ----------------------------------------
 
   function saveToUrl(query) {
     const params = new URLSearchParams();
     params.set("q", query);
     params.set("config", configSelect.value);
+    if (collectionSelect.value && collectionSelect.value !== defaultCollection) {
+      params.set("collection", collectionSelect.value);
+    }
     if (compareBox.checked) params.set("compare", compareSelect.value);
     const config = configByName(configSelect.value) || {};
     if (topK.value && Number(topK.value) !== config.top_k) params.set("top_k", topK.value);
@@ -653,6 +845,10 @@
       if (name && configs.some((c) => c.name === name)) select.value = name;
     };
     pick(configSelect, params.get("config"));
+    if (collections.some((c) => c.name === params.get("collection"))) {
+      collectionSelect.value = params.get("collection");
+      showCollection();
+    }
     applyDefaults();
     if (params.has("compare") && configs.length > 1) {
       compareBox.checked = true;
@@ -679,6 +875,30 @@
     control.addEventListener("change", syncControls);
   }
   $("reset").addEventListener("click", applyDefaults);
+  collectionSelect.addEventListener("change", () => showCollection());
+  $("create-collection").addEventListener("click", createCollection);
+  $("new-collection").addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      createCollection();
+    }
+  });
+  fileInput.addEventListener("change", () => uploadFiles(fileInput.files));
+  dropZone.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") fileInput.click();
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    dropZone.addEventListener(type, (e) => {
+      e.preventDefault();
+      dropZone.classList.add("over");
+    });
+  }
+  dropZone.addEventListener("dragleave", () => dropZone.classList.remove("over"));
+  dropZone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    dropZone.classList.remove("over");
+    uploadFiles(e.dataTransfer && e.dataTransfer.files);
+  });
   syncControls();
   queryInput.focus();
   loadConfigs();

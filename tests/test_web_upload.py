@@ -1,0 +1,171 @@
+"""The page's knowledge base in a real browser: pick or create a collection, drop files, follow the job's progress
+bar, ask the collection, delete a document. Headless Chromium driven by Selenium against a real ``scripts/serve.py``
+process with the tiny test models (so it is fast); skipped, with the reason, where Chromium is missing (as in
+tests/test_web.py, whose browser set-up it shares).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_web import _MISSING, CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
+
+if _MISSING:
+    pytest.skip(f"browser test skipped: {_MISSING}", allow_module_level=True)
+pytest.importorskip("python_multipart", reason="needs python-multipart (the 'serve' extra)")
+
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from indexer.build import build_index
+from pipeline.config import load_config
+from tests.conftest import TINY_DOCS, write_config
+from tests.test_collections import Server
+from tests.test_formats import ARTICLE, make_pdf
+
+WAIT_S = 60
+
+# A file dropped from the desktop, as the browser hands it to the page: a DataTransfer holding a File.
+DROP = """
+const dt = new DataTransfer();
+dt.items.add(new File([arguments[1]], arguments[0], {type: "text/markdown"}));
+const zone = document.getElementById("drop-zone");
+for (const type of ["dragenter", "dragover", "drop"]) {
+  zone.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
+}
+"""
+WATCH_PROGRESS = """
+window.progressSeen = [];
+new MutationObserver(() => window.progressSeen.push(Number(document.getElementById("upload-progress").value)))
+  .observe(document.getElementById("upload-progress"), {attributes: true, attributeFilter: ["value"]});
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_embedder_dir, tiny_reranker_dir):
+    tmp = tmp_path_factory.mktemp("web-kb")
+    corpus = tmp / "corpus"
+    for rel, text in TINY_DOCS.items():
+        (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / rel).write_text(text, encoding="utf-8")
+    config = write_config(tmp / "tiny.yaml", str(tiny_embedder_dir), tmp / "index", str(tiny_reranker_dir),
+                          server={"data_dir": str(tmp / "data")})
+    build_index(corpus, load_config(config))
+    files = tmp / "files"
+    make_pdf(files / "widget.pdf", [
+        ("Overview", "The widget is a small command line tool for moving files between machines."),
+        ("Installation", "To install the widget on Linux run apt-get install widget and start the service."),
+    ])
+    (files / "guide.html").write_text(ARTICLE, encoding="utf-8")
+    proc = Server(config, tmp / "server.log", {"RAG_API_KEY": ""})
+    yield proc, files
+    proc.stop()
+    assert "Traceback" not in proc.output()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-kb')}")
+    options.add_argument("--window-size=1280,1000")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _rows(browser) -> dict[str, list[str]]:
+    rows = browser.find_elements(By.CSS_SELECTOR, "#documents tbody tr")
+    return {row.get_attribute("data-doc"): [td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows}
+
+
+def _wait(browser, what, message):
+    try:
+        WebDriverWait(browser, WAIT_S).until(what)
+    except TimeoutException:
+        pytest.fail(f"{message} within {WAIT_S} s; page:\n{browser.find_element(By.TAG_NAME, 'body').text}")
+
+
+def _upload_done(browser, names) -> None:
+    _wait(browser, lambda d: d.find_element(By.ID, "upload-status").get_attribute("data-state") == "done"
+          and set(names) <= set(_rows(d)), f"{names} not indexed")
+
+
+def test_create_drop_follow_ask_and_delete_in_the_page(server, browser):
+    proc, files = server
+    browser.get(proc.base + "/")
+    _wait(browser, lambda d: [o.get_attribute("value") for o in Select(d.find_element(By.ID, "collection")).options]
+          == ["tiny"], "collections not loaded")
+    browser.find_element(By.CSS_SELECTOR, "#kb summary").click()
+    assert "tiny: 5 documents" in browser.find_element(By.ID, "kb-summary").text
+    assert set(_rows(browser)) == set(TINY_DOCS)
+
+    box = browser.find_element(By.ID, "new-collection")
+    box.send_keys("docs", Keys.ENTER)
+    _wait(browser, lambda d: Select(d.find_element(By.ID, "collection")).first_selected_option.get_attribute("value")
+          == "docs", "collection not created")
+    assert _rows(browser) == {}
+
+    # several files at once through the file picker; the progress bar follows upload and job to the end
+    browser.execute_script(WATCH_PROGRESS)
+    picker = browser.find_element(By.ID, "file-input")
+    picker.send_keys("\n".join(str(files / name) for name in ("widget.pdf", "guide.html")))
+    _upload_done(browser, ["widget.pdf", "guide.html"])
+    seen = browser.execute_script("return window.progressSeen")
+    assert seen[-1] == 1 and any(0 < v < 1 for v in seen), seen
+    assert seen == sorted(seen)  # it only moves forward
+    row = _rows(browser)["widget.pdf"]
+    assert row[1:3] == ["pdf", "2"] and int(row[3]) > 0
+    assert browser.find_element(By.ID, "upload-status").text.startswith("Done: 2 file(s) indexed")
+
+    # a file dropped on the zone
+    browser.execute_script(DROP, "notes.md", "# Notes\nThe widget keeps its plugin cache in the cache folder.\n")
+    _upload_done(browser, ["widget.pdf", "guide.html", "notes.md"])
+    assert "docs: 3 documents" in browser.find_element(By.ID, "kb-summary").text
+
+    # the question goes to the chosen collection: hits only from its files, with their pages
+    query = browser.find_element(By.ID, "query")
+    before = browser.find_element(By.ID, "results").get_attribute("data-answered") or "0"
+    query.send_keys("install the widget on linux", Keys.ENTER)
+    _wait(browser, lambda d: (d.find_element(By.ID, "results").get_attribute("data-answered") or "0") != before,
+          "no answer")
+    assert browser.find_element(By.ID, "error").is_displayed() is False
+    docs = {li.get_attribute("data-doc") for li in browser.find_elements(By.CSS_SELECTOR, "ol.hits > li.hit")}
+    assert docs and docs <= {"widget.pdf", "guide.html", "notes.md"}
+    assert "p. " in browser.find_element(By.ID, "results").text
+    assert "collection=docs" in browser.current_url
+
+    # delete one document: it leaves the list once its job has published
+    browser.find_element(By.CSS_SELECTOR, '#documents button[data-doc="guide.html"]').click()
+    _wait(browser, lambda d: set(_rows(d)) == {"widget.pdf", "notes.md"}
+          and d.find_element(By.ID, "upload-status").get_attribute("data-state") == "done", "not deleted")
+
+    # the default collection is still there, unchanged and read-only from the page
+    Select(browser.find_element(By.ID, "collection")).select_by_value("tiny")
+    _wait(browser, lambda d: set(_rows(d)) == set(TINY_DOCS), "default collection not shown")
+    assert "drop-zone disabled" in browser.find_element(By.ID, "drop-zone").get_attribute("class")
+    assert browser.find_element(By.ID, "error").is_displayed() is False
+
+
+def test_a_rejected_upload_shows_the_servers_reason(server, browser):
+    proc, files = server
+    browser.get(proc.base + "/?collection=docs")
+    _wait(browser, lambda d: Select(d.find_element(By.ID, "collection")).first_selected_option.get_attribute("value")
+          == "docs", "collection not restored from the URL")
+    browser.execute_script(DROP, "tool.exe", "MZ not a document")
+    _wait(browser, lambda d: d.find_element(By.ID, "upload-status").get_attribute("data-state") == "failed",
+          "no failure shown")
+    error = browser.find_element(By.ID, "error")
+    assert error.is_displayed() and "upload PDF, HTML, Word" in error.text
+    assert Path(files / "widget.pdf").exists()
