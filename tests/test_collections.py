@@ -60,7 +60,11 @@ class Server:
             self.proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "scripts" / "serve.py"), "--config", f"tiny={config}",
                  "--port", str(self.port)], env=full_env, stdout=out, stderr=subprocess.STDOUT)
-        wait_until_ready(self.proc, self.base, 90, 0.1)
+        try:
+            wait_until_ready(self.proc, self.base, 90, 0.1)
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
 
     def client(self, headers=None) -> httpx.Client:
         return httpx.Client(base_url=self.base, headers=headers or MASTER, timeout=60)
@@ -153,9 +157,10 @@ def kb(tmp_path_factory, tiny_embedder_dir, tiny_reranker_dir):
     (files / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     for i in range(6):
         (files / f"extra-{i}.txt").write_text(f"Extra note {i}: the widget supports plugin number {i}.\n")
-    server = Server(config, tmp / "server-a.log", KEYS)
-    yield {"tmp": tmp, "config": config, "files": files, "server": server, "data": tmp / "data"}
-    server.stop()
+    state = {"tmp": tmp, "config": config, "files": files, "server": Server(config, tmp / "server-a.log", KEYS),
+             "data": tmp / "data"}
+    yield state
+    state["server"].stop()  # the one running now (a test restarts it)
 
 
 def test_collections_are_listed_created_and_the_default_answers_as_before(kb):
