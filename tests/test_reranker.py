@@ -332,3 +332,14 @@ def test_long_passages_windows_scores_a_long_chunk_by_its_best_window(tiny_reran
                                                                      abs=1e-6)  # its first window only
     with pytest.raises(ValueError, match="long_passages"):
         CrossEncoderReranker.Params(model="m", long_passages="split")
+
+
+def test_all_caps_text_is_read_in_lower_case(tiny_reranker_dir):
+    from pipeline.rerankers.cross_encoder import fold_all_caps
+
+    assert fold_all_caps("MEASUREMENT OF DIELECTRIC CONSTANT") == "measurement of dielectric constant"
+    for unchanged in ("What is TSS at IBM?", "USA", "维生素D缺乏有什么症状", "Vitamin D deficiency"):
+        assert fold_all_caps(unchanged) == unchanged
+    stage = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu"))
+    caps = stage._tokenize("SYMPTOMS OF VITAMIN D DEFICIENCY", ["VITAMIN D DEFICIENCY CAUSES BONE PAIN."])
+    assert caps == stage._tokenize("symptoms of vitamin d deficiency", ["vitamin d deficiency causes bone pain."])

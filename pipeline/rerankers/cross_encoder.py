@@ -101,6 +101,9 @@ class CrossEncoderReranker(Scorer):
         # languages (or ISO 15924 scripts) the model was trained on; a query or passage in another script is
         # not scored and keeps its first-stage place (None: the model card's `language:`, else no guard)
         languages: Annotated[list[str] | None, AfterValidator(_check_languages)] = None
+        # a query or passage written all in capitals (old collections, headlines) is read in lower case: a
+        # cased model (XLM-R, e5) reads capitals as other, rarer tokens; an uncased one lowercases anyway
+        fold_all_caps: bool = True
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -366,6 +369,8 @@ class CrossEncoderReranker(Scorer):
     def _tokenize(self, query: str, passages: Sequence[str]) -> dict[str, list[list[int]]]:
         """Token ids of every (query, passage) pair, unpadded; the query capped first, then the passage."""
         self._setup()
+        if self.params.fold_all_caps:
+            query, passages = fold_all_caps(query), [fold_all_caps(p) for p in passages]
         tokenizer = self._tokenizer
         cap = max(1, int(self.params.max_length * self.params.query_max_share))
         offsets = tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -424,6 +429,22 @@ class CrossEncoderReranker(Scorer):
         """
         return rank_hits(hits, self.score(query, [hit.text for hit in hits]),
                          RankSettings.from_params(self.params, top_n, weight))
+
+
+def fold_all_caps(text: str, min_letters: int = 8) -> str:
+    """``text`` in lower case when it is written all in capitals (at least ``min_letters`` cased letters,
+    none of them lower case); otherwise unchanged. Scripts without case (Chinese) are never changed.
+
+    Example:
+        >>> fold_all_caps("MEASUREMENT OF DIELECTRIC CONSTANT"), fold_all_caps("What is TSS at IBM?")
+        ('measurement of dielectric constant', 'What is TSS at IBM?')
+    """
+    upper = 0
+    for char in text:
+        if char.islower():
+            return text
+        upper += char.isupper()
+    return text.lower() if upper >= min_letters else text
 
 
 def window_spans(length: int, size: int, overlap: float = WINDOW_OVERLAP) -> list[tuple[int, int]]:
