@@ -326,6 +326,14 @@ class ChunkStore:
         except sqlite3.DatabaseError as exc:
             raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
 
+    def document_counts(self) -> list[tuple[str, int, int]]:
+        """(document id, its first row id, its number of chunks) of every document, in first-row order."""
+        try:
+            return [(doc_id, int(first), int(count)) for doc_id, first, count in self._conn.execute(
+                "SELECT doc_id, MIN(id), COUNT(*) FROM chunks GROUP BY doc_id ORDER BY MIN(id)")]
+        except sqlite3.DatabaseError as exc:
+            raise IndexMissingError(f"chunk store {self.path} is unreadable ({exc}); rebuild the index") from None
+
     def count(self) -> int:
         try:
             return int(self._conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])

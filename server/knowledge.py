@@ -45,7 +45,6 @@ import shutil
 import threading
 import time
 import unicodedata
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,6 +330,13 @@ class Knowledge:
     def _save_registry(self, col: Collection, documents: dict[str, dict[str, Any]]) -> None:
         _write_json(col.root / DOCUMENTS_FILE, {"documents": documents})
 
+    def counts(self, col: Collection) -> tuple[int, int]:
+        """(documents, chunks) of a collection, without reading its chunks."""
+        if not col.managed:
+            return index_counts(col.index_path)
+        documents = self._registry(col).values()
+        return len(documents), sum(d.get("chunks") or 0 for d in documents)
+
     def documents(self, name: str) -> list[dict[str, Any]]:
         """The documents of a collection: id, source, format, pages, chunks, indexed_at (and state, size, hash)."""
         col = self.get(name)
@@ -361,7 +367,8 @@ class Knowledge:
         staging = col.sub("incoming") / job.id
         max_bytes = int(settings.max_upload_mb * 2**20)
         registry = self._registry(col)
-        by_hash = {doc["sha256"]: doc_id for doc_id, doc in registry.items() if doc.get("sha256")}
+        by_hash = {doc["sha256"]: doc_id for doc_id, doc in registry.items()
+                   if doc.get("sha256") and doc.get("state") != "deleting"}
         entries: list[dict[str, Any]] = []
         try:
             staging.mkdir(parents=True)
@@ -372,7 +379,7 @@ class Knowledge:
                     (staging / filename).unlink()
                     entries.append({**entry, "state": "duplicate", "duplicate_of": by_hash[digest]})
                     continue
-                by_hash[digest] = filename
+                by_hash[digest] = filename  # a second copy in this request is a duplicate too
                 job.adds.append(entry)
                 entries.append({**entry, "state": "queued", **({"replaces": filename} if filename in registry else {})})
         except BaseException:
@@ -622,11 +629,11 @@ class Knowledge:
             if isinstance(exc, CorpusError):
                 raise ApiError(422, "invalid_request", f"nothing in the collection could be read: {exc}") from None
             raise
-        chunks: Counter = Counter()
+        chunks: dict[str, int] = {}
         if store_path is not None:
             store = ChunkStore(store_path)
             try:
-                chunks.update(doc_id for doc_id, _ in store.doc_texts())
+                chunks = {doc_id: count for doc_id, _, count in store.document_counts()}
             finally:
                 store.close()
         indexed_at = now()
@@ -722,20 +729,24 @@ def _index_documents(index_path: Path) -> list[dict[str, Any]]:
     except IndexMissingError:
         return []
     try:
-        rows = store.doc_texts()
-        first: dict[str, int] = {}
-        counts: Counter = Counter()
-        for row, (doc_id, _) in enumerate(rows):
-            first.setdefault(doc_id, row)
-            counts[doc_id] += 1
-        chunks = store.get(list(first.values()))
+        counts = store.document_counts()
+        chunks = store.get([first for _, first, _ in counts])
     finally:
         store.close()
     out = []
-    for doc_id, row in first.items():
-        chunk = chunks.get(row)
+    for doc_id, first, count in counts:
+        chunk = chunks.get(first)
         meta = chunk.metadata if chunk is not None else {}
         out.append({"id": doc_id, "source": chunk.source if chunk is not None else doc_id,
-                    "format": meta.get("format"), "pages": meta.get("pages"), "chunks": counts[doc_id],
+                    "format": meta.get("format"), "pages": meta.get("pages"), "chunks": count,
                     "state": "indexed", "indexed_at": manifest.created_at, "version": version.name})
     return out
+
+
+def index_counts(index_path: Path) -> tuple[int, int]:
+    """(documents, chunks) of an index's live version, from its manifest; (0, 0) when it has none."""
+    try:
+        counts = Manifest.read(current_version(index_path)).counts
+    except IndexMissingError:
+        return 0, 0
+    return int(counts.get("documents", 0)), int(counts.get("chunks", 0))

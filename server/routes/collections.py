@@ -34,14 +34,14 @@ class CreateCollection(BaseModel):
 
 
 def describe(app: Service, col: Collection) -> dict[str, Any]:
-    documents = app.knowledge.documents(col.name)
+    documents, chunks = app.knowledge.counts(col)
     return {
         "name": col.name,
         "config": col.config,
         "default": col.name == app.knowledge.default,
         "managed": col.managed,
-        "documents": len(documents),
-        "chunks": sum(d.get("chunks") or 0 for d in documents),
+        "documents": documents,
+        "chunks": chunks,
         "index_version": read_current(col.index_path),
         "created_at": col.created_at,
     }
