@@ -31,8 +31,8 @@ from filelock import FileLock, Timeout
 logger = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"j-\d{8}T\d{12}-[0-9a-f]{8}")  # sorts in the order the jobs were made
-STATES = ("queued", "running", "done", "failed")
-IN_FLIGHT = ("queued", "running")
+STATES = ("receiving", "queued", "running", "done", "failed")
+IN_FLIGHT = ("receiving", "queued", "running")
 
 
 def now() -> str:
@@ -47,6 +47,7 @@ def new_job_id() -> str:
 class Job:
     """One ingestion job of a collection (the JSON of ``GET /v1/jobs/{id}``).
 
+    ``state``: ``receiving`` (its upload is being written), ``queued``, ``running``, ``done`` or ``failed``.
     ``adds``: the files to add or replace (``{"name", "sha256", "bytes"}``; staged in the collection's
     ``incoming/<id>/``); ``removes``: document ids to delete; ``folder``: for a collection served from
     a config, the folder to rebuild from. ``files`` holds each file's outcome (``indexed``,
@@ -127,6 +128,14 @@ class JobQueue:
         with self._guard:
             self._locks[job.id] = lock
         return True
+
+    def release(self, job: Job) -> None:
+        """Let go of a claimed job that will not run (its upload failed, or it was settled at start)."""
+        with self._guard:
+            lock = self._locks.pop(job.id, None)
+            self._jobs.pop(job.id, None)
+        if lock is not None:
+            lock.release()
 
     def submit(self, job: Job) -> Job:
         """Queue a claimed job (see :meth:`claim`); it is saved and started by the worker thread."""

@@ -69,8 +69,9 @@ UPLOAD_READERS = ("pdf", "html", "docx", "markdown", "text")  # one file, one do
 COLLECTION_FILE = "collection.json"
 DOCUMENTS_FILE = "documents.json"
 WRITE_LOCK = ".write.lock"
-MAX_NAME_CHARS = 200
+MAX_NAME_BYTES = 200  # UTF-8 bytes: file systems allow 255
 COPY_BLOCK = 1 << 20
+KEEP_JOBS = 200  # finished jobs kept per collection (older ones are deleted)
 LOCKED_WAIT_S = 600.0  # how long a job waits for another build of its index (a CLI build) to finish
 
 
@@ -97,15 +98,15 @@ def check_file_name(name: str | None) -> str:
     """A file name safe to write under a collection's folder, or a 400/415 that says why not.
 
     Refused: empty names, path separators, ``.``/``..`` and hidden names, control characters, names
-    over 200 characters, and formats the indexer does not read from one file (415).
+    over 200 bytes of UTF-8, and formats the indexer does not read from one file (415).
     """
     if not name:
         raise ApiError(400, "invalid_file_name", "a file has no name: send each file with a filename")
     name = unicodedata.normalize("NFC", name)
-    if ("/" in name or "\\" in name or name.startswith(".") or len(name) > MAX_NAME_CHARS
+    if ("/" in name or "\\" in name or name.startswith(".") or len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES
             or any(unicodedata.category(ch).startswith("C") for ch in name)):
         raise ApiError(400, "invalid_file_name", f"file name {name[:80]!r} is not allowed: send a plain file name "
-                       f"(no folders, no leading dot, no control characters, at most {MAX_NAME_CHARS} characters)")
+                       f"(no folders, no leading dot, no control characters, at most {MAX_NAME_BYTES} bytes of UTF-8)")
     reader = reader_for(name)
     if reader is None or reader.NAME not in UPLOAD_READERS:
         raise ApiError(415, "unsupported_format", f"{name!r}: upload PDF, HTML, Word (.docx), Markdown or text files "
@@ -370,7 +371,11 @@ class Knowledge:
         by_hash = {doc["sha256"]: doc_id for doc_id, doc in registry.items()
                    if doc.get("sha256") and doc.get("state") != "deleting"}
         entries: list[dict[str, Any]] = []
+        if not self.queue.claim(job):
+            raise ApiError(409, "busy", f"job {job.id} is held by another process")
+        job.state = job.stage = "receiving"  # a server killed now leaves this: the next start cleans up
         try:
+            job.save()
             staging.mkdir(parents=True)
             for filename, (_, stream) in zip(names, uploads):
                 digest, size = _copy_bounded(stream, staging / filename, max_bytes)
@@ -382,14 +387,22 @@ class Knowledge:
                 by_hash[digest] = filename  # a second copy in this request is a duplicate too
                 job.adds.append(entry)
                 entries.append({**entry, "state": "queued", **({"replaces": filename} if filename in registry else {})})
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            job.path.unlink(missing_ok=True)
+            self.queue.release(job)
+            if isinstance(exc, OSError):
+                raise ApiError(507, "write_error", f"cannot store the upload ({exc.strerror or exc}); "
+                               "nothing of it was kept") from None
             raise
         if not job.adds:
             shutil.rmtree(staging, ignore_errors=True)
+            job.path.unlink(missing_ok=True)
+            self.queue.release(job)
             return None, entries
+        job.state = job.stage = "queued"
         job.progress["files_total"] = len(job.adds)
-        return self._submit(job), entries
+        return self.queue.submit(job), entries
 
     def delete_document(self, name: str, doc_id: str) -> Job:
         """Queue a job that removes one document: its chunks leave the index in the next version."""
@@ -497,10 +510,19 @@ class Knowledge:
                     continue
                 if job.state not in IN_FLIGHT or not self.queue.claim(job):
                     continue
+                if job.state == "receiving":  # stopped while the upload came in: nothing of it is indexed
+                    logger.warning("job %s of collection %s: the server stopped while its upload came in; "
+                                   "nothing of it was indexed", job.id, job.collection)
+                    shutil.rmtree(path.parent.parent / "incoming" / job.id, ignore_errors=True)
+                    job.state = job.stage = "failed"
+                    job.error, job.finished_at = "the server stopped while the upload came in: upload again", now()
+                    job.save()
+                    self.queue.release(job)
+                    continue
+                logger.warning("resuming job %s of collection %s, left %s by a stopped server",
+                               job.id, job.collection, job.state)
                 job.resumed += 1
                 job.state, job.stage = "queued", "queued (resumed after a restart)"
-                logger.warning("resuming job %s of collection %s, left %s by a stopped server",
-                               job.id, job.collection, job.stage)
                 resumed.append(self.queue.submit(job))
         return resumed
 
@@ -523,6 +545,7 @@ class Knowledge:
             logger.error("job %s failed: %s", job.id, job.error)
         job.stage, job.finished_at = job.state, now()
         job.save()
+        _prune_jobs(job.path.parent, keep=KEEP_JOBS)
 
     def _build(self, job: Job, col: Collection, corpus: Path, **kwargs: Any):
         """build_index into the collection's index; waits while another build (a CLI one) holds the lock."""
@@ -700,6 +723,18 @@ def _copy_bounded(stream: BinaryIO, target: Path, max_bytes: int) -> tuple[str, 
             digest.update(block)
             out.write(block)
     return digest.hexdigest(), size
+
+
+def _prune_jobs(folder: Path, keep: int) -> None:
+    """Delete the oldest finished jobs' files beyond the newest ``keep`` (job ids sort by creation)."""
+    paths = sorted(folder.glob("j-*.json"))
+    for path in paths[: max(len(paths) - keep, 0)]:
+        try:
+            if Job.read(path).state not in IN_FLIGHT:
+                path.unlink()
+                path.with_suffix(".lock").unlink(missing_ok=True)
+        except (OSError, ValueError, TypeError):
+            continue
 
 
 def _unlink_file(path: Path) -> None:

@@ -267,7 +267,8 @@ def test_hostile_inputs_get_json_4xx_and_leave_nothing(kb):
         def send(names, data=md):
             return http.post("/v1/collections/kb/documents", files=[("files", (n, data)) for n in names])
 
-        for name in ("../escape.md", "..\\escape.md", "a/b.md", ".hidden.md", "/etc/passwd.md", ".."):
+        hostile = ("../escape.md", "..\\escape.md", "a/b.md", ".hidden.md", "/etc/passwd.md", "..", "长" * 70 + ".md")
+        for name in hostile:
             assert _status(send([name])) == (400, "invalid_file_name"), name
         raw = (b'--xx\r\nContent-Disposition: form-data; name="files"; filename="bad\x01name.md"\r\n\r\nx\r\n'
                b'--xx--\r\n')  # a control character, sent as is (httpx would escape it)
@@ -327,6 +328,40 @@ def _index_documents(index: Path) -> dict[str, int]:
         store.close()
 
 
+RECEIVER = """
+import sys
+from pathlib import Path
+from pipeline.config import load_config
+from server.knowledge import Knowledge
+config = load_config(sys.argv[1])
+knowledge = Knowledge({"tiny": config}, {"tiny": Path(config.index.params.path)}, config.server)
+print("ready", flush=True)
+knowledge.stage_upload("kb", [("slow.md", sys.stdin.buffer)])
+"""
+
+
+def _killed_while_receiving(kb) -> str:
+    """A writer killed with SIGKILL while an upload's bytes come in (its stream: a pipe we fill slowly)."""
+    jobs = kb["data"] / "kb" / "jobs"
+    before = set(jobs.glob("j-*.json"))
+    proc = subprocess.Popen([sys.executable, "-c", RECEIVER, str(kb["config"])], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        proc.stdin.write(b"# Slow\n" + b"the widget " * 5000)
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not (new := set(jobs.glob("j-*.json")) - before):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        job = new.pop().stem
+        assert (kb["data"] / "kb" / "incoming" / job / "slow.md").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+    return job
+
+
 def test_two_writers_on_one_collection_and_sigkill_mid_job_loses_nothing(kb):
     files, a = kb["files"], kb["server"]
     index = kb["data"] / "kb" / "index"
@@ -361,6 +396,8 @@ def test_two_writers_on_one_collection_and_sigkill_mid_job_loses_nothing(kb):
                 assert other.job(job).state == "running"  # as the killed server left it
                 assert {d["id"]: d["state"] for d in other.documents("kb")}["extra-4.txt"] == "indexing"
 
+                receiving = _killed_while_receiving(kb)
+
                 a2 = kb["server"] = Server(kb["config"], kb["tmp"] / "server-a2.log", KEYS)
                 with a2.client() as h2:  # resumed, still waiting: the last published version answers
                     asker = Asker(a2.base, [{"query": QUERY, "collection": "kb", "top_k": 5}])
@@ -382,6 +419,9 @@ def test_two_writers_on_one_collection_and_sigkill_mid_job_loses_nothing(kb):
         assert set(asker.statuses) == {200}, asker.errors[:3]
         assert asker.versions[0] == before and asker.versions[-1] == current_version(index).name != before
         assert "resuming job" in a2.output() and "Traceback" not in a2.output()
+        settled = other.job(receiving)
+        assert (settled.state, settled.error) == ("failed", "the server stopped while the upload came in: upload again")
+        assert not (kb["data"] / "kb" / "incoming" / receiving).exists()
     finally:
         other.queue.close()
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from server.errors import ApiError
 from server.knowledge import Collection
@@ -98,6 +99,8 @@ async def upload_documents(name: str, app: App, request: Request, response: Resp
     limit = app.settings.max_upload_files
     try:
         form = await request.form(max_files=limit, max_fields=limit + 10)
+    except ClientDisconnect:
+        raise ApiError(400, "invalid_multipart", "the client went away before the upload was complete") from None
     except HTTPException as exc:
         if exc.status_code == 413:
             raise
