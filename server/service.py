@@ -18,6 +18,7 @@ import numpy as np
 from fastapi import Depends, Request
 
 from pipeline.config import PipelineConfig, ServerParams
+from pipeline.errors import IndexMismatchError
 from pipeline.filters import Filter
 from pipeline.pipeline import Pipeline, validate_query
 from pipeline.types import ScoreOptions
@@ -137,7 +138,7 @@ class Service:
         """The served config called ``name`` (None: the default) and the pipeline answering for it now.
 
         ``collection`` answers from that collection's index (with ``name``, or the collection's own config);
-        None keeps the config's own index, as before. With ``request``, its key must may read the collection.
+        None keeps the config's own index, as before. With ``request``, its key must be allowed to read the collection.
         """
         if collection is None:
             served, pipe = self.pipelines.get(name)
@@ -154,7 +155,11 @@ class Service:
         if read_current(col.index_path) is None:
             raise ApiError(409, "empty_collection", f"collection {col.name!r} has no indexed document yet: upload "
                            f"some (POST /v1/collections/{col.name}/documents) and wait for the job")
-        return self.pipelines.get(served=served)
+        try:
+            return self.pipelines.get(served=served)
+        except IndexMismatchError as exc:
+            raise ApiError(422, "invalid_request",
+                           f"config {config!r} cannot read collection {col.name!r}: {exc}") from None
 
     # -- reranking documents (no first stage) ------------------------------------------------------
 
