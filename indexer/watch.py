@@ -418,6 +418,7 @@ class IndexSync:
         self._thread: threading.Thread | None = None
         self._embedder = None
         self.status = SyncStatus(folder=str(self.corpus))
+        self.ready = threading.Event()  # set once the folder is watched and its first sync (if any) is done
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Watch and sync in this thread until ``stop`` (or :meth:`stop`) is set. The watcher starts before
@@ -434,6 +435,7 @@ class IndexSync:
                 while not self._apply(None):  # another writer holds the lock: wait for it
                     if stop.wait(LOCKED_RETRY_S) or self._stop.is_set():
                         return
+            self.ready.set()
             while not (stop.is_set() or self._stop.is_set()):
                 batch = self.watcher.next_batch(stop)
                 if batch is None:

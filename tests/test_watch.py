@@ -134,83 +134,115 @@ def test_watcher_stops_a_waiting_next_batch(tmp_path):
 # -- rag-build --watch as a real process -----------------------------------------------------------------
 
 
-def _start(tmp_path: Path, tiny_embedder_dir: Path, *flags: str, env: dict | None = None):
-    corpus = tmp_path / "corpus"
-    for rel, text in TINY_DOCS.items():
-        _write(corpus, rel, text)
-    index = tmp_path / "index"
-    config = write_config(tmp_path / "tiny.yaml", str(tiny_embedder_dir), index)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "commands.build", str(corpus), "--config", str(config), "--watch",
-         "--debounce", "0.3", *flags],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    return proc, _Output(proc), corpus, index
+class _Run:
+    """``rag-build CORPUS --watch`` on a fresh copy of the tiny corpus, in a subprocess."""
+
+    def __init__(self, root: Path, tiny_embedder_dir: Path, mode: str) -> None:
+        self.mode, self.corpus, self.index = mode, root / "corpus", root / "index"
+        for rel, text in TINY_DOCS.items():
+            _write(self.corpus, rel, text)
+        config = write_config(root / "tiny.yaml", str(tiny_embedder_dir), self.index)
+        # Polling is asked for by the environment variable here (by --poll in the README).
+        env = {"RAG_WATCH_POLL": "1"} if mode == "polling" else {}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "commands.build", str(self.corpus), "--config", str(config), "--watch",
+             "--debounce", "0.3", "--poll-interval", "0.3"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        )
+        self.out = _Output(self.proc)
+        self.times: dict[str, float] = {}
+
+    def docs(self) -> dict[str, str]:
+        return _docs(self.index)
+
+    def stop(self) -> None:
+        """SIGTERM: the process ends with 0, the index intact, no unfinished version, the lock free."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=30) == 0, self.out.text()
+        assert "stopped watching" in self.out.text()
+        assert not list(self.index.glob("v-*.tmp")), "an unfinished version was left behind"
+        FileLock(str(self.index / ".lock"), timeout=0).acquire()  # the build lock was released
+        assert self.docs(), "the index is still readable"
 
 
-def _stop(proc: subprocess.Popen, out: _Output, index: Path) -> None:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0, out.text()
-    assert "stopped watching" in out.text()
-    assert not list(index.glob("v-*.tmp")), "an unfinished version was left behind"
-    FileLock(str(index / ".lock"), timeout=0).acquire()  # the build lock was released
-    assert _docs(index), "the index is still readable"
+def _wait_all(runs: list[_Run], what: str, condition, timeout: float = PICKUP_S) -> None:
+    """Until ``condition(run)`` holds for every run; each run's seconds go to ``run.times[what]``."""
+    start = time.monotonic()
+    waiting = list(runs)
+    while waiting:
+        for run in list(waiting):
+            if condition(run):
+                run.times[what] = time.monotonic() - start
+                waiting.remove(run)
+        assert time.monotonic() - start < timeout or not waiting, (
+            f"not within {timeout}s: {what} ({waiting[0].mode})\n{waiting[0].out.text()}")
+        time.sleep(0.05)
 
 
-@pytest.mark.parametrize("mode", ["inotify", "polling"])
-def test_rag_build_watch_keeps_the_index_in_sync(tmp_path, tiny_embedder_dir, mode):
-    # Polling is asked for by the environment variable here, by --poll in the README.
-    env = {"RAG_WATCH_POLL": "1"} if mode == "polling" else {}
-    proc, out, corpus, index = _start(tmp_path, tiny_embedder_dir, "--poll-interval", "0.3", env=env)
+def test_rag_build_watch_keeps_the_index_in_sync(tmp_path, tiny_embedder_dir):
+    """Both observers side by side: inotify events and the polling fallback, each in its own process."""
+    runs = [_Run(tmp_path / mode, tiny_embedder_dir, mode) for mode in ("inotify", "polling")]
     try:
-        _wait("the first build", lambda: set(_docs(index)) == set(TINY_DOCS), timeout=120)
-        _wait("the watching line", lambda: "watching" in out.text(), timeout=10)
-        assert f"({mode})" in out.text(), out.text()
-        times = {}
+        _wait_all(runs, "first build", lambda r: set(r.docs()) == set(TINY_DOCS), timeout=120)
+        _wait_all(runs, "watching", lambda r: f"watching {r.corpus} ({r.mode})" in r.out.text(), timeout=10)
+        for run in runs:
+            run.times.clear()
 
-        _write(corpus, "new/zinc.md", "# Zinc\nZinc deficiency slows wound healing and weakens taste.")
-        times["added"] = _wait("added file", lambda: "new/zinc.md" in _docs(index), out=out)
+        for run in runs:
+            _write(run.corpus, "new/zinc.md", "# Zinc\nZinc deficiency slows wound healing and weakens taste.")
+        _wait_all(runs, "added", lambda r: "new/zinc.md" in r.docs())
 
-        before = _docs(index)["vitamin-c.md"]
-        _write(corpus, "vitamin-c.md", "# Vitamin C\nPython is a snake; iron and vitamin D are not.")
-        times["changed"] = _wait("changed file", lambda: _docs(index)["vitamin-c.md"] != before, out=out)
-        assert "snake" in _docs(index)["vitamin-c.md"]
+        before = runs[0].docs()["vitamin-c.md"]
+        for run in runs:
+            _write(run.corpus, "vitamin-c.md", "# Vitamin C\nPython is a snake; iron and vitamin D are not.")
+        _wait_all(runs, "changed", lambda r: r.docs()["vitamin-c.md"] != before)
+        assert all("snake" in run.docs()["vitamin-c.md"] for run in runs)
 
-        (corpus / "iron.txt").unlink()
-        times["removed"] = _wait("removed file", lambda: "iron.txt" not in _docs(index), out=out)
+        for run in runs:
+            (run.corpus / "iron.txt").unlink()
+        _wait_all(runs, "removed", lambda r: "iron.txt" not in r.docs())
 
-        (corpus / "code/python.md").rename(corpus / "code/py.md")
-        times["renamed"] = _wait("renamed file",
-                                 lambda: "code/py.md" in (d := _docs(index)) and "code/python.md" not in d, out=out)
+        for run in runs:
+            (run.corpus / "code/python.md").rename(run.corpus / "code/py.md")
+        _wait_all(runs, "renamed", lambda r: "code/py.md" in (d := r.docs()) and "code/python.md" not in d)
 
         # Editors' temporaries and hidden files publish no version.
-        live = (index / CURRENT).read_text()
-        for rel in (".vitamin-d.md.swp", "vitamin-d.md~", ".#vitamin-d.md", "#vitamin-d.md#", "big.pdf.part",
-                    "big.pdf.crdownload", "vitamin-d.md.tmp", ".hidden/notes.md", "4913"):
-            _write(corpus, rel, "editor noise")
+        live = [(run.index / CURRENT).read_text() for run in runs]
+        for run in runs:
+            for rel in (".vitamin-d.md.swp", "vitamin-d.md~", ".#vitamin-d.md", "#vitamin-d.md#", "big.pdf.part",
+                        "big.pdf.crdownload", "vitamin-d.md.tmp", ".hidden/notes.md", "4913"):
+                _write(run.corpus, rel, "editor noise")
         time.sleep(1.2)
-        assert (index / CURRENT).read_text() == live, "a temporary file triggered an update"
+        assert [(run.index / CURRENT).read_text() for run in runs] == live, "a temporary file triggered an update"
 
         # A file that fails to read (here: emptied, as an editor does before writing) keeps its documents.
-        before = _docs(index)["vitamin-d.md"]
-        (corpus / "vitamin-d.md").write_text("", encoding="utf-8")
-        _write(corpus, "late.txt", "A late arrival about magnesium.")  # the same batch adds a file
-        _wait("the batch with the emptied file", lambda: "late.txt" in _docs(index))
-        assert _docs(index)["vitamin-d.md"] == before
-        _wait("the kept line", lambda: "kept the indexed version of vitamin-d.md" in out.text(), timeout=5)
+        before = runs[0].docs()["vitamin-d.md"]
+        for run in runs:
+            (run.corpus / "vitamin-d.md").write_text("", encoding="utf-8")
+            _write(run.corpus, "late.txt", "A late arrival about magnesium.")  # the same batch adds a file
+        _wait_all(runs, "batch with a failed file", lambda r: "late.txt" in r.docs())
+        assert all(run.docs()["vitamin-d.md"] == before for run in runs)
+        _wait_all(runs, "kept line", lambda r: "kept the indexed version of vitamin-d.md" in r.out.text(), timeout=5)
+        for run in runs:
+            del run.times["kept line"]
 
-        if mode == "polling":  # another writer (a build, an upload job) holds the index: the batch waits for it
-            with FileLock(str(index / ".lock"), timeout=5):
-                _write(corpus, "while-locked.md", "Written while another writer held the lock.")
-                time.sleep(1.5)
-                assert "while-locked.md" not in _docs(index)
-            times["after the lock"] = _wait("the batch retried after the lock",
-                                            lambda: "while-locked.md" in _docs(index), out=out)
+        # Another writer (a build, an upload job) holds the index: the batch waits for it, then goes.
+        locks = [FileLock(str(run.index / ".lock"), timeout=5) for run in runs]
+        for lock, run in zip(locks, runs):
+            lock.acquire()
+            _write(run.corpus, "while-locked.md", "Written while another writer held the lock.")
+        time.sleep(1.5)
+        assert all("while-locked.md" not in run.docs() for run in runs)
+        for lock in locks:
+            lock.release()
+        _wait_all(runs, "after the lock", lambda r: "while-locked.md" in r.docs())
 
-        print(f"\n{mode} pick-up seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
-        assert max(times.values()) < PICKUP_S
+        for run in runs:
+            print(f"\n{run.mode} pick-up seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in run.times.items()))
     finally:
-        if proc.poll() is None:
-            _stop(proc, out, index)
-
+        for run in runs:
+            if run.proc.poll() is None:
+                run.stop()
+    assert all(set(run.docs()) == set(TINY_DOCS) - {"iron.txt", "code/python.md"} | {
+        "new/zinc.md", "code/py.md", "late.txt", "while-locked.md"} for run in runs)

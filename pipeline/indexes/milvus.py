@@ -28,7 +28,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +112,7 @@ class MilvusIndex:
         self._doc_ids: list[str] | None = None
         self._client = None
         self._collection: str | None = None
+        self._uri: str | None = None
         self._ntotal = 0
 
     @property
@@ -177,7 +179,8 @@ class MilvusIndex:
                 ]
                 client.insert(collection, rows, timeout=slow)
                 bar.update(stop - start)
-        client.flush(collection, timeout=slow)
+        if not server:  # Milvus Lite counts (get_collection_stats) and indexes only flushed rows
+            client.flush(collection, timeout=slow)
         build = self._build_params()
         index_params = client.prepare_index_params()
         index_params.add_index(field_name="vector", index_type=self.params.index_type, metric_type="IP", params=build)
@@ -188,7 +191,7 @@ class MilvusIndex:
         # answers pymilvus' wait with an unimplemented call (logged as a traceback), so it is not asked.
         client.create_index(collection, index_params, sync=server, timeout=slow)
         client.load_collection(collection, timeout=slow)  # builds and persists the index now
-        count = int(client.get_collection_stats(collection)["row_count"])
+        count = _row_count(client, collection, server, slow)
         if count != len(vectors):
             raise IndexMissingError(f"Milvus collection {collection} holds {count} rows after inserting {len(vectors)}")
         logger.info("milvus collection %s: %d vectors, %s index", collection, count, self.params.index_type)
@@ -209,13 +212,14 @@ class MilvusIndex:
             raise IndexMissingError(f"{directory / MILVUS_FILE} is unreadable ({exc}); rebuild the index") from None
         uri = _resolve_uri(self.params.uri if self.params.uri is not None else record.get("uri"), directory)
         client, _ = _connect(uri, self.params.timeout)
-        if not client.has_collection(collection):
-            raise IndexMissingError(
-                f"Milvus collection {collection} is missing at {uri}; rebuild with scripts/build_index.py"
-            )
-        client.load_collection(collection, timeout=self.params.timeout * SLOW_CALLS)
-        self._client, self._collection = client, collection
-        self._ntotal = int(client.get_collection_stats(collection)["row_count"])
+        with _calls_to(uri, f"opening collection {collection}"):
+            if not client.has_collection(collection):
+                raise IndexMissingError(
+                    f"Milvus collection {collection} is missing at {uri}; rebuild with scripts/build_index.py"
+                )
+            client.load_collection(collection, timeout=self.params.timeout * SLOW_CALLS)
+            self._ntotal = _row_count(client, collection, is_server_uri(uri), self.params.timeout)
+        self._client, self._collection, self._uri = client, collection, uri
 
     def search(
         self, queries: np.ndarray, top_k: int, rows: np.ndarray | None = None
@@ -233,10 +237,11 @@ class MilvusIndex:
         if k == 0 or len(queries) == 0:
             return scores, ids
         expression = "" if rows is None else self._filter_expression(rows)
-        results = self._client.search(
-            self._collection, data=list(queries), limit=k, output_fields=[], filter=expression,
-            search_params={"metric_type": "IP", "params": self._search_params(k)}, timeout=self.params.timeout,
-        )
+        with _calls_to(self._uri, f"searching collection {self._collection}"):
+            results = self._client.search(
+                self._collection, data=list(queries), limit=k, output_fields=[], filter=expression,
+                search_params={"metric_type": "IP", "params": self._search_params(k)}, timeout=self.params.timeout,
+            )
         for row, hits in enumerate(results):
             for col, hit in enumerate(hits):
                 ids[row, col] = hit["id"]
@@ -268,6 +273,17 @@ class MilvusIndex:
         if p.index_type == "IVF_FLAT":
             return {"nprobe": p.nprobe or 1}
         return {}
+
+
+def _row_count(client, collection: str, server: bool, timeout: float) -> int:
+    """The rows of a loaded collection. A server is asked with ``count(*)`` at strong consistency, which
+    counts rows not flushed yet (its ``get_collection_stats`` counts flushed rows only; a build does not
+    flush: a flush costs ~3 s, is rate-limited, and the server seals and indexes segments by itself)."""
+    if not server:
+        return int(client.get_collection_stats(collection)["row_count"])
+    rows = client.query(collection, filter="", output_fields=["count(*)"], consistency_level="Strong",
+                        timeout=timeout)
+    return int(rows[0]["count(*)"])
 
 
 def collection_name(prefix: str, version_dir: Path) -> str:
@@ -303,6 +319,21 @@ def drop_version_collection(version_dir: Path, timeout: float = 30.0) -> None:
             logger.info("dropped Milvus collection %s", collection)
     finally:
         _disconnect(client, uri, started)
+
+
+@contextmanager
+def _calls_to(uri: str | None, doing: str) -> Iterator[None]:
+    """Turn a failed call to Milvus into one clear :class:`ServiceUnavailableError` (a server that went away,
+    a timeout) instead of pymilvus' exception; our own errors pass through."""
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        yield
+    except MilvusException as exc:
+        where = f"the Milvus server at {uri} (index.uri)" if is_server_uri(uri) else f"the Milvus Lite database {uri}"
+        raise ServiceUnavailableError(
+            f"{doing} failed at {where}: {exc.message or type(exc).__name__}; check that it is running and reachable"
+        ) from None
 
 
 def _resolve_uri(uri: str | None, version_dir: Path) -> str:
