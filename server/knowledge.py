@@ -368,8 +368,10 @@ class Knowledge:
         staging = col.sub("incoming") / job.id
         max_bytes = int(settings.max_upload_mb * 2**20)
         registry = self._registry(col)
+        leaving = {doc_id for job in self.queue.jobs() if job.collection == name and not job.finished
+                   for doc_id in job.removes}  # a deletion queued here: uploading it again is no duplicate
         by_hash = {doc["sha256"]: doc_id for doc_id, doc in registry.items()
-                   if doc.get("sha256") and doc.get("state") != "deleting"}
+                   if doc.get("sha256") and doc.get("state") != "deleting" and doc_id not in leaving}
         entries: list[dict[str, Any]] = []
         if not self.queue.claim(job):
             raise ApiError(409, "busy", f"job {job.id} is held by another process")

@@ -242,6 +242,15 @@ def test_upload_follow_ask_replace_and_delete_while_queries_run(kb):
             assert "guide.html" not in {d["id"] for d in listing}
             hits = http.post("/v1/search", json={"query": "guide", "collection": "kb", "top_k": 50}).json()["retrieved"]
             assert "guide.html" not in {h["source"] for h in hits} and hits
+
+            # deleted and uploaded again before the deletion ran: not a duplicate, and there at the end
+            gone = http.delete("/v1/collections/kb/documents/notes.md").json()["job"]["id"]
+            again = upload(http, "kb", [files / "notes.md"])
+            assert again.json()["files"][0]["state"] == "queued", again.text
+            assert wait_job(http, gone)["state"] == "done"
+            job = wait_job(http, again.json()["job"]["id"])
+            assert job["state"] == "done"
+            assert [(f["name"], f["state"]) for f in job["files"]] == [("notes.md", "indexed")]
             last_version = job["version"]
         finally:
             asker.stop()
