@@ -586,20 +586,29 @@ class Knowledge:
         job.stage = "reading"
         job.save()
         settled = {f["name"] for f in job.files}  # failed or duplicate before a restart
+        arriving: list[str] = []  # read well: recorded first, then moved into the corpus
         for add in job.adds:
             name, digest = add["name"], add.get("sha256")
             if name in settled:
                 continue
             staged, record = staging / name, registry.get(name)
-            if not staged.is_file():  # resumed: moved into the corpus before the process stopped?
-                if record is not None and record.get("sha256") == digest and (corpus / name).is_file():
+            if record is not None and record.get("job") == job.id:  # this job got that far before a restart
+                if staged.is_file() or (corpus / name).is_file():
                     job.progress["files_read"] += 1
-                    moved.append(name)
+                    arriving.append(name)
+                    continue
+                if record.get("replaces") is not None and (backup / name).is_file():
+                    os.replace(backup / name, corpus / name)  # the document it was to replace stays
+                    registry[name] = record["replaces"]
                 else:
-                    job.fail_file(name, "the uploaded file was lost when the server stopped: upload it again")
+                    registry.pop(name)
+                job.fail_file(name, "the uploaded file was lost when the server stopped: upload it again")
+                continue
+            if not staged.is_file():
+                job.fail_file(name, "the uploaded file was lost when the server stopped: upload it again")
                 continue
             same = next((d for d, r in registry.items()
-                         if r.get("sha256") == digest and r["state"] != "deleting"), None)
+                         if r.get("sha256") == digest and r["state"] != "deleting" and r.get("job") != job.id), None)
             if same is not None:
                 staged.unlink()
                 job.progress["duplicates"] += 1
@@ -612,18 +621,22 @@ class Knowledge:
                 job.save()
                 continue
             job.progress["files_read"] += 1
-            target = corpus / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists() or target.is_symlink():
-                (backup / name).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(target, backup / name)
-            os.replace(staged, target)
             registry[name] = {"id": name, "source": name, **facts, "bytes": add.get("bytes"), "sha256": digest,
                               "chunks": None, "state": "indexing", "uploaded_at": job.created_at,
                               "indexed_at": None, "version": None, "job": job.id,
                               **({"replaces": record} if record is not None and record["state"] == "indexed" else {})}
+            arriving.append(name)
+        self._save_registry(col, registry)  # before any file moves: a restart finds what this job took on
+        for name in arriving:
+            staged, target = staging / name, corpus / name
+            if staged.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if (target.exists() or target.is_symlink()) and not (backup / name).exists():
+                    (backup / name).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(target, backup / name)  # the document it replaces, until the build succeeds
+                os.replace(staged, target)
             moved.append(name)
-            job.save()
+        job.save()
         for doc_id in job.removes:
             target = corpus / doc_id
             if target.is_file() or target.is_symlink():
