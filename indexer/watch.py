@@ -368,10 +368,135 @@ class SyncStatus:
     running: bool = False
 
 
-class IndexSync:
-    """Keep an index in sync with a folder: a first sync, then one per batch of changes.
+class RetryLater(Exception):
+    """Raised by a :class:`FolderWatch` handler that cannot take a batch now (the index is locked, too many
+    jobs are queued): the batch goes back, merged with newer changes, and is handed over again later."""
 
-    Example (a background thread, as the server runs it)::
+
+class FolderWatch:
+    """Watch a folder and hand each batch of changes to ``on_batch``, in the caller's thread (:meth:`run`)
+    or a background thread (:meth:`start` / :meth:`stop`).
+
+    ``on_batch(batch)`` gets None first when ``initial`` (the whole folder, as it is now), then one
+    :class:`Batch` per burst of changes. What it returns may be a job with a ``finished`` attribute (a
+    server's ingestion job): the next batch waits until it is true, collecting the changes meanwhile.
+    It raises :class:`RetryLater` to have the batch handed over again after ``retry_s``; any other
+    exception is logged and the batch dropped (the next change brings the folder in line again).
+
+    Example (a served collection, as ``rag-serve`` runs a ``watch:`` section)::
+
+        watch = FolderWatch("docs/", lambda batch: knowledge.submit_changes(
+            "docs", "docs/", batch.changed if batch else (), batch.removed if batch else ())).start()
+        ...
+        watch.stop()
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        on_batch: Callable[[Batch | None], Any],
+        *,
+        initial: bool = True,
+        debounce: float = DEBOUNCE_S,
+        max_delay: float = MAX_DELAY_S,
+        polling: bool | None = None,
+        poll_interval: float = POLL_INTERVAL_S,
+        exclude: Iterable[str | Path] = (),
+        retry_s: float = LOCKED_RETRY_S,
+    ) -> None:
+        self.folder = Path(folder)
+        self.on_batch = on_batch
+        self.initial = initial
+        self.retry_s = retry_s
+        self.watcher = CorpusWatcher(
+            self.folder, debounce=debounce, max_delay=max_delay, polling=polling, poll_interval=poll_interval,
+            exclude=exclude,
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.status = SyncStatus(folder=str(self.folder))
+        self.ready = threading.Event()  # set once the folder is watched and the first batch (if any) handed over
+
+    def prepare(self) -> None:
+        """Called in the watching thread before the folder is watched (load what the handler needs)."""
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Watch and hand over batches in this thread until ``stop`` (or :meth:`stop`) is set. The folder is
+        watched before the first hand-over, so nothing changed during it is missed."""
+        stop = stop or self._stop
+
+        def stopped() -> bool:
+            return stop.is_set() or self._stop.is_set()
+
+        self.prepare()
+        self.status.running = True
+        self.watcher.start()
+        self.status.mode = self.watcher.mode
+        try:
+            if self.initial:
+                while not self._deliver(None):  # not now (another writer holds the index): wait for it
+                    if stop.wait(self.retry_s) or stopped():
+                        return
+            self.ready.set()
+            while not stopped():
+                batch = self.watcher.next_batch(stop)
+                if batch is None:
+                    continue
+                self.status.pending = self.watcher.pending
+                if not self._deliver(batch) and not stopped():
+                    self.watcher.put_back(batch)
+                    stop.wait(self.retry_s)
+        finally:
+            self.watcher.stop()
+            self.status.running = False
+
+    def _deliver(self, batch: Batch | None) -> bool:
+        """Hand one batch over and wait for the job it returns; False when it must be handed over again."""
+        self.status.last_batch = batch.describe() if batch is not None else "first sync of the folder"
+        start = time.perf_counter()
+        try:
+            result = self.on_batch(batch)
+        except RetryLater as exc:
+            logger.info("watch %s: %s; again in %gs", self.folder, exc, self.retry_s)
+            return False
+        except Exception as exc:  # a handler's error must not end the watch
+            logger.error("watch %s: %s", self.folder, exc)
+            self.status.last_error = str(exc)
+            return True
+        while getattr(result, "finished", True) is False and not self._stop.is_set():
+            time.sleep(0.05)
+        if not isinstance(result, BuildReport):
+            self.status.last_seconds = round(time.perf_counter() - start, 3)
+        return True
+
+    def start(self) -> FolderWatch:
+        """Run :meth:`run` in a daemon thread; returns self."""
+        if self._thread is not None:
+            raise RuntimeError("this watch is already running")
+        self._thread = threading.Thread(target=self._run_logged, name=f"watch {self.folder}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run_logged(self) -> None:
+        try:
+            self.run()
+        except Exception as exc:  # a background thread has no caller to raise to
+            logger.exception("watch %s stopped", self.folder)
+            self.status.last_error = f"stopped: {exc}"
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop after the hand-over in progress (if any) and wait for the thread up to ``timeout`` seconds."""
+        self._stop.set()
+        self.watcher.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+
+class IndexSync(FolderWatch):
+    """Keep an index in sync with a folder: a first sync, then one :func:`sync` per batch of changes.
+
+    Example (a background thread)::
 
         watch = IndexSync("docs/", config, "indexes/docs").start()
         ...
@@ -408,59 +533,33 @@ class IndexSync:
         self.config = config
         self.index_path = Path(index_path or config.index.params.path)
         self.on_sync = on_sync
-        self.initial, self.update = initial, update
-        self.watcher = CorpusWatcher(
-            self.corpus, debounce=debounce, max_delay=max_delay, polling=polling, poll_interval=poll_interval,
-            exclude=[self.index_path],
-        )
+        self.update = update
         self._options = {"max_file_mb": max_file_mb, "follow_links": follow_links}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._embedder = None
-        self.status = SyncStatus(folder=str(self.corpus))
-        self.ready = threading.Event()  # set once the folder is watched and its first sync (if any) is done
+        super().__init__(
+            self.corpus, self._sync, initial=initial, debounce=debounce, max_delay=max_delay, polling=polling,
+            poll_interval=poll_interval, exclude=[self.index_path],
+        )
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Watch and sync in this thread until ``stop`` (or :meth:`stop`) is set. The watcher starts before
-        the first sync, so nothing changed during it is missed."""
-        stop = stop or self._stop
+    def prepare(self) -> None:
         from pipeline.pipeline import build_stage
 
-        self._embedder = build_stage(self.config.embedder)
-        self.status.running = True
-        self.watcher.start()
-        self.status.mode = self.watcher.mode
-        try:
-            if self.initial:
-                while not self._apply(None):  # another writer holds the lock: wait for it
-                    if stop.wait(LOCKED_RETRY_S) or self._stop.is_set():
-                        return
-            self.ready.set()
-            while not (stop.is_set() or self._stop.is_set()):
-                batch = self.watcher.next_batch(stop)
-                if batch is None:
-                    continue
-                self.status.pending = self.watcher.pending
-                if not self._apply(batch) and not (stop.is_set() or self._stop.is_set()):
-                    self.watcher.put_back(batch)
-                    stop.wait(LOCKED_RETRY_S)
-        finally:
-            self.watcher.stop()
-            self.status.running = False
+        self._embedder = build_stage(self.config.embedder)  # loaded once, for every sync
 
-    def _apply(self, batch: Batch | None) -> bool:
-        """One sync; False when the index was locked by another writer (the batch should be retried)."""
-        self.status.last_batch = batch.describe() if batch is not None else "first sync of the folder"
+    def _sync(self, batch: Batch | None) -> BuildReport | None:
         start = time.perf_counter()
         try:
             report = sync(self.corpus, self.config, self.index_path, batch, embedder=self._embedder,
                           update=self.update and batch is None, **self._options)
         except IndexLockedError as exc:
-            logger.info("watch: %s; retrying in %gs", exc, LOCKED_RETRY_S)
-            return False
+            raise RetryLater(str(exc)) from None
         except RagError as exc:  # CorpusError (an emptied folder), IndexWriteError (disk full), ...
-            self._failed(batch, exc, f"{exc}; the index keeps its last version")
-            return True
+            message = f"{exc}; the index keeps its last version"
+            logger.error("watch %s: %s", self.corpus, message)
+            self.status.last_error = message
+            if self.on_sync is not None:
+                self.on_sync(batch, None, exc)
+            return None
         self.status.last_seconds = round(time.perf_counter() - start, 3)
         self.status.syncs += 1
         self.status.last_sync = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -468,33 +567,4 @@ class IndexSync:
         self.status.last_error = None
         if self.on_sync is not None:
             self.on_sync(batch, report, None)
-        return True
-
-    def _failed(self, batch: Batch | None, exc: RagError, message: str) -> None:
-        logger.error("watch %s: %s", self.corpus, message)
-        self.status.last_error = message
-        if self.on_sync is not None:
-            self.on_sync(batch, None, exc)
-
-    def start(self) -> IndexSync:
-        """Run :meth:`run` in a daemon thread; returns self."""
-        if self._thread is not None:
-            raise RuntimeError("this IndexSync is already running")
-        self._thread = threading.Thread(target=self._run_logged, name=f"watch {self.corpus}", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run_logged(self) -> None:
-        try:
-            self.run()
-        except Exception as exc:  # a background thread has no caller to raise to
-            logger.exception("watch %s stopped", self.corpus)
-            self.status.last_error = f"stopped: {exc}"
-
-    def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop after the sync in progress (if any) and wait for the thread up to ``timeout`` seconds."""
-        self._stop.set()
-        self.watcher.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        return report

@@ -31,7 +31,7 @@ from pipeline.params import StageParams
 
 STAGE_KINDS = ("embedder", "index", "retriever", "reranker", "generator")
 OPTIONAL_STAGES = ("reranker", "generator")
-SECTIONS = (*STAGE_KINDS, "chunking", "context", "ray", "server")
+SECTIONS = (*STAGE_KINDS, "chunking", "context", "ray", "server", "watch")
 
 
 class ChunkingParams(StageParams):
@@ -151,6 +151,19 @@ class ServerParams(StageParams):
     path_keys: ClassVar[tuple[str, ...]] = ("data_dir",)
 
 
+class WatchParams(StageParams):
+    """A folder the served collection of this config's index keeps in sync (``rag-serve``; docs/ingestion.md):
+    added, changed, removed and renamed files become ingestion jobs, debounced; ``polling`` (None: the
+    ``RAG_WATCH_POLL`` environment variable) polls every ``poll_interval`` seconds instead of OS events."""
+
+    folder: str = Field(min_length=1)
+    debounce: float = Field(1.0, gt=0.0)
+    polling: bool | None = None
+    poll_interval: float = Field(1.0, gt=0.0)
+
+    path_keys: ClassVar[tuple[str, ...]] = ("folder",)
+
+
 @dataclass(frozen=True, slots=True)
 class StageConfig:
     """One validated stage section: its kind, registered type and params."""
@@ -181,6 +194,7 @@ class PipelineConfig:
     server: ServerParams = ServerParams()
     generator: StageConfig | None = None
     context: ContextParams = ContextParams()
+    watch: WatchParams | None = None  # a folder the server keeps this config's index in sync with
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {kind: getattr(self, kind).to_dict() for kind in ("embedder", "index", "retriever")}
@@ -194,6 +208,8 @@ class PipelineConfig:
             out["ray"] = self.ray.model_dump()
         if self.server != ServerParams():  # only serving settings; left out when default
             out["server"] = self.server.model_dump()
+        if self.watch is not None:
+            out["watch"] = self.watch.model_dump()
         return out
 
 
@@ -253,6 +269,8 @@ def _section_params(raw: Mapping[str, Any]):
             yield section, RayParams
         elif section == "server":
             yield section, ServerParams
+        elif section == "watch":
+            yield section, WatchParams
         elif section in STAGE_KINDS and isinstance(value.get("type"), str):
             try:
                 yield section, registry.lookup(section, value["type"]).Params
@@ -301,6 +319,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConf
     ray = validate_params(RayParams, raw.get("ray") or {}, "ray", source)
     server = validate_params(ServerParams, raw.get("server") or {}, "server", source)
     context = validate_params(ContextParams, raw.get("context") or {}, "context", source)
+    watch = validate_params(WatchParams, raw["watch"], "watch", source) if raw.get("watch") else None
     retriever, reranker = stages["retriever"], stages["reranker"]
     top_k = retriever.params.top_k
     if reranker is not None and reranker.params.top_n > top_k:
@@ -319,6 +338,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> PipelineConf
         server=server,
         generator=stages["generator"],
         context=context,
+        watch=watch,
     )
 
 

@@ -38,6 +38,7 @@ from server.middleware import BodyLimit, observe_requests
 from server.routes import ROUTERS
 from server.routes.page import STATIC
 from server.service import Service
+from server.watch import start_watches, stop_watches
 
 
 def create_app(
@@ -60,7 +61,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.start_loading()
+        watches = start_watches(service.knowledge)  # configs with a watch: section keep their folder in sync
         yield
+        stop_watches(watches)
         service.close()
 
     app = FastAPI(title="rerank-rag", version="0.1.0", lifespan=lifespan,

@@ -8,6 +8,7 @@ for; SIGTERM stops the process cleanly with the index intact and the lock releas
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("watchdog", reason="needs the 'watch' extra: pip install -e '.[watch]'")
 
@@ -246,3 +248,62 @@ def test_rag_build_watch_keeps_the_index_in_sync(tmp_path, tiny_embedder_dir):
                 run.stop()
     assert all(set(run.docs()) == set(TINY_DOCS) - {"iron.txt", "code/python.md"} | {
         "new/zinc.md", "code/py.md", "late.txt", "while-locked.md"} for run in runs)
+
+
+# -- a served collection with a watch: section ------------------------------------------------------------
+
+
+def test_watch_section_is_validated(tmp_path):
+    from pipeline.config import load_config, parse_config
+    from pipeline.errors import ConfigError
+
+    base = {"embedder": {"type": "sentence-transformers", "model": "x"}, "retriever": {"type": "dense"},
+            "index": {"type": "faiss"}}
+    with pytest.raises(ConfigError, match="'watch' must be a mapping"):
+        parse_config({**base, "watch": "docs/"})
+    with pytest.raises(ConfigError, match=r"watch\.debounce"):
+        parse_config({**base, "watch": {"folder": "docs", "debounce": 0}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**base, "watch": {"folder": "docs", "polling": True}}))
+    watch = load_config(path).watch
+    assert watch.folder == str(tmp_path / "docs") and watch.polling is True  # relative to the config file
+
+
+def test_a_served_collection_keeps_its_watched_folder_in_sync(tmp_path, tiny_embedder_dir, one_torch_thread):
+    """rag-serve with a config's watch: section: each change becomes an ingestion job of the collection
+    (GET /v1/jobs), the documents follow the folder, and the watch thread stops with the server."""
+    pytest.importorskip("fastapi", reason="needs the 'serve' extra")
+    from fastapi.testclient import TestClient
+
+    from indexer.build import build_index
+    from pipeline.config import load_config
+    from server import create_app
+
+    corpus = tmp_path / "folder"
+    for rel, text in TINY_DOCS.items():
+        _write(corpus, rel, text)
+    config_path = write_config(tmp_path / "tiny.yaml", str(tiny_embedder_dir), tmp_path / "index",
+                               watch={"folder": str(corpus), "debounce": 0.3})
+    config = load_config(config_path)
+    build_index(corpus, config)
+    times = {}
+    with TestClient(create_app({"tiny": config})) as client:
+        _wait("ready", lambda: client.get("/readyz").status_code == 200, timeout=60)
+
+        def docs() -> set[str]:
+            return {d["id"] for d in client.get("/v1/collections/tiny/documents").json()["documents"]}
+
+        _wait("the first sync job", lambda: any(j["state"] == "done" for j in
+                                                client.get("/v1/collections/tiny").json()["jobs"]), timeout=60)
+        _write(corpus, "new/zinc.md", "# Zinc\nZinc deficiency slows wound healing.")
+        times["added"] = _wait("added", lambda: "new/zinc.md" in docs())
+        (corpus / "iron.txt").unlink()
+        times["removed"] = _wait("removed", lambda: "iron.txt" not in docs())
+        (corpus / "code/python.md").rename(corpus / "code/py.md")
+        times["renamed"] = _wait("renamed", lambda: {"code/py.md"} <= (d := docs()) and "code/python.md" not in d)
+        jobs = client.get("/v1/collections/tiny").json()["jobs"]
+        assert all(job["state"] == "done" for job in jobs) and len(jobs) >= 4, jobs
+        hits = client.post("/v1/search", json={"query": "zinc wound healing", "top_k": 3}).json()
+        assert "new/zinc.md" in json.dumps(hits)
+    assert not [t for t in threading.enumerate() if t.name.startswith("watch ")], "a watch thread outlived the server"
+    print("\nserved collection pick-up seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
