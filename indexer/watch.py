@@ -433,7 +433,7 @@ class FolderWatch:
         self.watcher.start()
         self.status.mode = self.watcher.mode
         try:
-            if self.initial:
+            if self.initial and not stopped():
                 while not self._deliver(None):  # not now (another writer holds the index): wait for it
                     if stop.wait(self.retry_s) or stopped():
                         return
