@@ -409,8 +409,9 @@ class Knowledge:
     def delete_document(self, name: str, doc_id: str) -> Job:
         """Queue a job that removes one document: its chunks leave the index in the next version."""
         col = self.managed(name)
-        doc = self._registry(col).get(doc_id)
-        if doc is None:
+        coming = {add["name"] for job in self.queue.jobs() if job.collection == name and not job.finished
+                  for add in job.adds}  # uploaded, its job still queued or running: deleted after it
+        if doc_id not in coming and self._registry(col).get(doc_id) is None:
             raise ApiError(404, "not_found", f"collection {name!r} has no document {doc_id[:200]!r}")
         job = self._new_job(col)
         job.removes.append(doc_id)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("fastapi", reason="needs the 'serve' extra: pip install -e '.[serve]'")
 pytest.importorskip("python_multipart", reason="needs python-multipart (the 'serve' extra)")
@@ -29,6 +30,7 @@ from filelock import FileLock  # noqa: E402
 
 from indexer.build import build_index  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.pipeline import Pipeline  # noqa: E402
 from pipeline.store import CHUNKS, ChunkStore, current_version  # noqa: E402
 from server.knowledge import Knowledge  # noqa: E402
 from tests.conftest import ROOT, TINY_DOCS, wait_until_ready, write_config  # noqa: E402
@@ -477,3 +479,39 @@ def test_a_watched_folder_re_ingests_a_served_collection_through_submit_changes(
         assert knowledge.job(job.id).to_dict() == job.to_dict()
     finally:
         knowledge.queue.close()
+
+
+def test_a_collection_in_milvus_answers_as_in_faiss_after_uploads_and_a_deletion(tmp_path, tiny_embedder_dir):
+    """The same uploads and deletion into a collection whose template config stores vectors in Milvus (Lite)."""
+    pytest.importorskip("pymilvus", reason="needs the 'scale' extra")
+    files = sorted((tmp_path / "files" / Path(rel).name, text) for rel, text in TINY_DOCS.items())
+    for path, text in files:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    answers = {}
+    for kind, index in (("faiss", None), ("milvus", {"type": "milvus", "path": str(tmp_path / "milvus-index")})):
+        path = write_config(tmp_path / f"{kind}.yaml", str(tiny_embedder_dir), tmp_path / f"{kind}-index",
+                            server={"data_dir": str(tmp_path / f"{kind}-data")})
+        if index:  # a Milvus index section instead of FAISS's
+            raw = yaml.safe_load(path.read_text())
+            raw["index"] = index
+            path.write_text(yaml.safe_dump(raw))
+        config = load_config(path)
+        assert config.index.type == kind
+        knowledge = Knowledge({kind: config}, {kind: tmp_path / f"{kind}-index"}, config.server)
+        try:
+            knowledge.create("kb", kind)
+            jobs = [knowledge.stage_upload("kb", [(p.name, open(p, "rb")) for p, _ in files])[0]]
+            jobs.append(knowledge.delete_document("kb", "iron.txt"))
+            deadline = time.monotonic() + 120
+            while not all(job.finished for job in jobs):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert [job.state for job in jobs] == ["done", "done"]
+        finally:
+            knowledge.queue.close()
+        pipe = Pipeline(config, tmp_path / f"{kind}-data" / "kb" / "index").load()
+        hits = pipe.search("vitamin deficiency bone pain", 20, {})
+        answers[kind] = [(h.chunk_id, round(h.retrieval_score, 4)) for h in hits]
+        assert "iron.txt" not in {h.doc_id for h in hits} and len(hits) == 12
+    assert answers["milvus"] == answers["faiss"]

@@ -85,9 +85,13 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
+ROWS = """return [...document.querySelectorAll("#documents tbody tr")]
+  .map((tr) => [tr.dataset.doc, [...tr.cells].map((td) => td.textContent)]);"""
+
+
 def _rows(browser) -> dict[str, list[str]]:
-    rows = browser.find_elements(By.CSS_SELECTOR, "#documents tbody tr")
-    return {row.get_attribute("data-doc"): [td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows}
+    """The documents table, read in one script (the page re-renders it while a job is followed)."""
+    return dict(browser.execute_script(ROWS))
 
 
 def _wait(browser, what, message):
