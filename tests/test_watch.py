@@ -307,3 +307,56 @@ def test_a_served_collection_keeps_its_watched_folder_in_sync(tmp_path, tiny_emb
         assert "new/zinc.md" in json.dumps(hits)
     assert not [t for t in threading.enumerate() if t.name.startswith("watch ")], "a watch thread outlived the server"
     print("\nserved collection pick-up seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
+
+
+def test_sync_keeps_the_documents_of_files_that_fail_to_read(tmp_path, tiny_embedder_dir, one_torch_thread):
+    """A file that turns unreadable (binary, not UTF-8) keeps its indexed documents and vectors, a JSONL line
+    that fails keeps its document; a removed file leaves; a plain build (keep_failed off) drops them."""
+    from indexer.build import build_index
+    from indexer.watch import sync
+    from pipeline.config import load_config
+
+    corpus = tmp_path / "docs"
+    for rel, text in TINY_DOCS.items():
+        _write(corpus, rel, text)
+    _write(corpus, "lines.jsonl", '{"_id": "j1", "text": "Iodine keeps the thyroid working."}\n'
+                                  '{"_id": "j2", "text": "Selenium is a trace element."}\n')
+    config = load_config(write_config(tmp_path / "tiny.yaml", str(tiny_embedder_dir), tmp_path / "index"))
+    first = sync(corpus, config)
+    assert {"j1", "j2", "iron.txt"} <= set(_docs(tmp_path / "index"))
+    before = _docs(tmp_path / "index")
+
+    (corpus / "iron.txt").write_bytes(b"Iron\x00\x01 binary now")  # a binary .txt: skipped, kept
+    # JSONL is read line by line: the document of the line that fails now is kept; the file has no second
+    # line any more, so the document that was there leaves.
+    (corpus / "lines.jsonl").write_bytes(b"\xff\xfe not UTF-8 at all")
+    (corpus / "vitamin-c.md").unlink()  # removed: leaves
+    report = sync(corpus, config)
+    docs = _docs(tmp_path / "index")
+    assert report.kept == ["iron.txt", "lines.jsonl:1"], report.kept
+    assert docs["iron.txt"] == before["iron.txt"] and docs["j1"] == before["j1"]
+    assert "vitamin-c.md" not in docs and "j2" not in docs
+    assert report.changes["encoded_chunks"] == 0  # the kept chunks reuse their vectors
+    assert report.manifest.counts["documents"] == first.manifest.counts["documents"] - 2
+
+    plain = build_index(corpus, config, update=True)
+    assert plain.kept == [] and not {"iron.txt", "j1"} & set(_docs(tmp_path / "index"))
+
+
+def test_the_watcher_polls_when_os_events_cannot_start(tmp_path, monkeypatch):
+    """inotify limits used up (ENOSPC at start): a warning, then polling; the batches are the same."""
+    import errno
+
+    import watchdog.observers
+
+    class Exhausted(watchdog.observers.Observer):
+        def start(self):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", Exhausted)
+    monkeypatch.delenv("RAG_WATCH_POLL", raising=False)
+    with CorpusWatcher(tmp_path, debounce=0.2, poll_interval=0.2) as watcher:
+        assert watcher.mode == "polling"
+        time.sleep(0.3)
+        _write(tmp_path, "a.md", "alpha")
+        assert watcher.next_batch(timeout=10) == Batch(changed=("a.md",))
