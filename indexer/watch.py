@@ -39,7 +39,7 @@ from indexer.build import BuildReport, build_index
 from indexer.corpus import MAX_FILE_MB
 from indexer.readers import reader_for
 from pipeline.config import PipelineConfig
-from pipeline.errors import IndexLockedError, InputError, MissingDependencyError, RagError
+from pipeline.errors import CorpusError, IndexLockedError, InputError, MissingDependencyError, RagError
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,8 @@ class CorpusWatcher:
         exclude: Iterable[str | Path] = (),
     ) -> None:
         self.root = Path(root)
+        if not self.root.exists():
+            raise CorpusError(f"corpus path {root} does not exist")
         if not self.root.is_dir():
             raise InputError(f"cannot watch {root}: not a folder (a watch keeps an index in sync with a folder)")
         for name, value in (("debounce", debounce), ("max_delay", max_delay), ("poll_interval", poll_interval)):
