@@ -178,6 +178,7 @@ class Knowledge:
         index_paths: config name -> its index folder.
         settings: the ``server`` section (data folder and limits).
         embedder_for: the loaded embedder of a config (shared with the queries), or None to load one per job.
+        on_job: told of each finished job: its state, each file's outcome, the seconds it ran (metrics).
     """
 
     def __init__(
@@ -186,8 +187,10 @@ class Knowledge:
         index_paths: Mapping[str, Path],
         settings: ServerParams,
         embedder_for: Callable[[PipelineConfig], Any] | None = None,
+        on_job: Callable[[str, list[str], float], None] | None = None,
     ) -> None:
         self.configs = dict(configs)
+        self.on_job = on_job
         self.settings = settings
         self.embedder_for = embedder_for
         self.served: dict[str, Collection] = {}
@@ -532,6 +535,7 @@ class Knowledge:
     def run_job(self, job: Job) -> None:
         """Run one job (on the queue's worker thread); its outcome is in ``job.state`` and the saved JSON."""
         job.state, job.started_at = "running", now()
+        started = time.monotonic()
         job.stage = "waiting for the collection"
         if job.resumed:
             job.progress["files_read"] = 0  # counted again as the job goes over its files
@@ -549,6 +553,8 @@ class Knowledge:
         job.stage, job.finished_at = job.state, now()
         job.save()
         _prune_jobs(job.path.parent, keep=KEEP_JOBS)
+        if self.on_job is not None:
+            self.on_job(job.state, [f["state"] for f in job.files], time.monotonic() - started)
 
     def _build(self, job: Job, col: Collection, corpus: Path, **kwargs: Any):
         """build_index into the collection's index; waits while another build (a CLI one) holds the lock."""

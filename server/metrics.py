@@ -47,6 +47,24 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.jobs = Counter(
+            "rag_ingest_jobs", "Ingestion jobs finished, by state (done or failed)", ["state"], registry=self.registry,
+        )
+        self.job_files = Counter(
+            "rag_ingest_files", "Files of finished ingestion jobs, by outcome (indexed, duplicate, failed, removed)",
+            ["outcome"], registry=self.registry,
+        )
+        self.job_seconds = Histogram(
+            "rag_ingest_job_seconds", "Time an ingestion job ran, from its start to its end",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800), registry=self.registry,
+        )
+
+    def observe_job(self, state: str, outcomes: list[str], seconds: float) -> None:
+        self.jobs.labels(state).inc()
+        for outcome in outcomes:
+            self.job_files.labels(outcome).inc()
+        self.job_seconds.observe(seconds)
+
     def observe_timings(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():
             self.stage.labels(stage).observe(seconds)

@@ -70,7 +70,7 @@ class Service:
         self.access = Access(settings)
         self.api_key = self.access.master
         self.knowledge = Knowledge(configs, {name: s.index_path for name, s in self.pipelines.served.items()},
-                                   settings, embedder_for=self.pipelines.embedder)
+                                   settings, embedder_for=self.pipelines.embedder, on_job=self.metrics.observe_job)
         self.started = int(time.time())
         self._load_on_start = load
         self._loader: threading.Thread | None = None

@@ -256,6 +256,10 @@ def test_upload_follow_ask_replace_and_delete_while_queries_run(kb):
             last_version = job["version"]
         finally:
             asker.stop()
+    with server.client() as http:
+        metrics = http.get("/metrics").text
+    assert 'rag_ingest_jobs_total{state="done"} 5.0' in metrics  # two uploads, two deletions, one upload again
+    assert 'rag_ingest_files_total{outcome="failed"} 1.0' in metrics
     assert asker.statuses and set(asker.statuses) == {200}, asker.errors[:3]
     kb_versions = [v for c, v in asker.seen if c == "kb"]
     assert kb_versions == sorted(kb_versions) and kb_versions[-1] == last_version  # never back to an older one
