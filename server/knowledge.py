@@ -722,7 +722,11 @@ class Knowledge:
 
 def _try_read(path: Path, max_file_mb: float) -> tuple[str | None, dict[str, Any]]:
     """Read one file as the build will: (None, its facts) or (the reason it cannot be indexed, {})."""
-    documents, skipped = read_file(path, path.name, max_file_mb)
+    try:
+        documents, skipped = read_file(path, path.name, max_file_mb)
+    except Exception as exc:  # a reader's library failing in a way it does not foresee: this file only
+        logger.warning("reading %s failed: %s: %s", path.name, type(exc).__name__, exc)
+        return f"unreadable ({type(exc).__name__}: {str(exc)[:200]})", {}
     if skipped:
         return skipped[0][1], {}
     if not documents or not any(doc.full_text.strip() for doc in documents):
