@@ -113,9 +113,11 @@ class PipelineSet:
         return served
 
     def detach(self, collection: str) -> None:
-        """Forget the pipelines of a deleted collection."""
-        for key in [k for k in self.attached if k[0] == collection]:
-            del self.attached[key]
+        """Forget the pipelines of a deleted collection, and the index they had loaded."""
+        paths = {str(self.attached.pop(key).index_path.resolve()) for key in [k for k in self.attached
+                                                                               if k[0] == collection]}
+        for key in [k for k in self._indexes if json.loads(k)["path"] in paths]:
+            del self._indexes[key]
 
     def embedder(self, config: PipelineConfig) -> Any:
         """The loaded embedder of ``config`` (shared with the pipelines; ingestion jobs encode with it)."""
