@@ -55,7 +55,8 @@ def server(tmp_path_factory, tiny_embedder_dir, tiny_reranker_dir):
         (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
         (corpus / rel).write_text(text, encoding="utf-8")
     config = write_config(tmp / "tiny.yaml", str(tiny_embedder_dir), tmp / "index", str(tiny_reranker_dir),
-                          server={"data_dir": str(tmp / "data")})
+                          server={"data_dir": str(tmp / "data"),
+                                  "api_keys": [{"key_env": "DOCS_READ", "role": "read", "collections": ["docs"]}]})
     build_index(corpus, load_config(config))
     files = tmp / "files"
     make_pdf(files / "widget.pdf", [
@@ -63,7 +64,7 @@ def server(tmp_path_factory, tiny_embedder_dir, tiny_reranker_dir):
         ("Installation", "To install the widget on Linux run apt-get install widget and start the service."),
     ])
     (files / "guide.html").write_text(ARTICLE, encoding="utf-8")
-    proc = Server(config, tmp / "server.log", {"RAG_API_KEY": ""})
+    proc = Server(config, tmp / "server.log", {"RAG_API_KEY": "web-master", "DOCS_READ": "docs-reader"})
     yield proc, files
     proc.stop()
     assert "Traceback" not in proc.output()
@@ -106,9 +107,16 @@ def _upload_done(browser, names) -> None:
           and set(names) <= set(_rows(d)), f"{names} not indexed")
 
 
+def _use_key(browser, key: str) -> None:
+    box = browser.find_element(By.ID, "api-key")
+    box.send_keys(key, Keys.ENTER)
+
+
 def test_create_drop_follow_ask_and_delete_in_the_page(server, browser):
     proc, files = server
     browser.get(proc.base + "/")
+    _wait(browser, lambda d: "API key" in d.find_element(By.ID, "error").text, "no 401 shown")
+    _use_key(browser, "web-master")  # kept for this tab: the next test's page loads have it too
     _wait(browser, lambda d: [o.get_attribute("value") for o in Select(d.find_element(By.ID, "collection")).options]
           == ["tiny"], "collections not loaded")
     browser.find_element(By.CSS_SELECTOR, "#kb summary").click()
@@ -172,4 +180,14 @@ def test_a_rejected_upload_shows_the_servers_reason(server, browser):
           "no failure shown")
     error = browser.find_element(By.ID, "error")
     assert error.is_displayed() and "upload PDF, HTML, Word" in error.text
+
+    # a key that may only read this collection: it asks, but an upload is refused with the reason
+    _use_key(browser, "docs-reader")
+    _wait(browser, lambda d: [o.get_attribute("value") for o in Select(d.find_element(By.ID, "collection")).options]
+          == ["docs"], "the reader's collections not loaded")
+    browser.execute_script(DROP, "more.md", "# More\nanother note about the widget\n")
+    _wait(browser, lambda d: d.find_element(By.ID, "upload-status").get_attribute("data-state") == "failed",
+          "no failure shown")
+    assert "may not change collection 'docs'" in browser.find_element(By.ID, "error").text
+    assert set(_rows(browser)) == {"widget.pdf", "notes.md"}
     assert Path(files / "widget.pdf").exists()

@@ -227,10 +227,16 @@
     return String(detail);
   }
 
+  /** The API key typed into the page (sessionStorage: this tab only), as request headers. */
+  function authHeaders() {
+    const key = sessionStorage.getItem("rag-api-key");
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+
   async function fetchJson(url, body) {
-    const init = body === undefined ? {} : {
+    const init = body === undefined ? { headers: authHeaders() } : {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      headers: { "Content-Type": "application/json", Accept: "application/json", ...authHeaders() },
       body: JSON.stringify(body),
     };
     let response;
@@ -737,6 +743,7 @@
     const xhr = new XMLHttpRequest();
     xhr.open("POST", `v1/collections/${encodeURIComponent(col.name)}/documents`);
     xhr.setRequestHeader("Accept", "application/json");
+    for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
     xhr.upload.onprogress = (e) => {
       if (e.lengthComputable) setUpload("uploading", `Uploading ${files.length} file(s)…`, 0.2 * e.loaded / e.total);
     };
@@ -808,7 +815,7 @@
     let data;
     try {
       const response = await fetch(`v1/collections/${encodeURIComponent(name)}/documents/${encodeURIComponent(id)}`,
-        { method: "DELETE", headers: { Accept: "application/json" } });
+        { method: "DELETE", headers: { Accept: "application/json", ...authHeaders() } });
       data = await response.json();
       if (!response.ok) throw new ApiError(response.status, errorMessage(data, "delete failed"));
     } catch (err) {
@@ -869,6 +876,17 @@
   // ---- wiring ------------------------------------------------------------------------------------
 
   form.addEventListener("submit", ask);
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = $("api-key").value.trim();
+    if (key) sessionStorage.setItem("rag-api-key", key);
+    else sessionStorage.removeItem("rag-api-key");
+    $("api-key").value = "";
+    $("api-key").placeholder = key ? "a key is in use" : "";
+    hideError();
+    loadConfigs();
+  });
+  if (sessionStorage.getItem("rag-api-key")) $("api-key").placeholder = "a key is in use";
   configSelect.addEventListener("change", applyDefaults);
   for (const control of [rerankerBox, weight, compareBox]) {
     control.addEventListener("input", syncControls);
