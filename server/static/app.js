@@ -253,6 +253,7 @@
       data = null;
     }
     if (!response.ok) {
+      if (response.status === 401 || response.status === 403) $("key-form").hidden = false;
       const fallback = raw && raw.length < 300 ? raw : response.statusText || "request failed";
       throw new ApiError(response.status, errorMessage(data, fallback));
     }
@@ -755,6 +756,7 @@
       } catch {
         data = null;
       }
+      if (xhr.status === 401 || xhr.status === 403) $("key-form").hidden = false;
       if (xhr.status >= 400 || !data) {
         finishUpload("failed", errorMessage(data, `upload failed (HTTP ${xhr.status})`));
         return;
@@ -886,7 +888,10 @@
     hideError();
     loadConfigs();
   });
-  if (sessionStorage.getItem("rag-api-key")) $("api-key").placeholder = "a key is in use";
+  if (sessionStorage.getItem("rag-api-key")) {
+    $("api-key").placeholder = "a key is in use";
+    $("key-form").hidden = false;
+  }
   configSelect.addEventListener("change", applyDefaults);
   for (const control of [rerankerBox, weight, compareBox]) {
     control.addEventListener("input", syncControls);
