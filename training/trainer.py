@@ -38,6 +38,8 @@ class TrainSettings:
     epochs: float = 1.0
     batch_size: int = 4  # groups per step (groupwise); BCE uses batch_size * (1 + negatives) pairs
     learning_rate: float = 1e-4
+    head_learning_rate: float | None = None  # the score head's (None: learning_rate); a new head starting at zero
+    # behind pretrained layers moves by about the learning rate per step, too slowly at encoder rates
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_length: int = 192
@@ -137,8 +139,9 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
     )
     last = get_last_checkpoint(str(work_dir)) if settings.resume and work_dir.is_dir() else None
     clock = _clock(Path(last) if last else None)
+    optimizers = (_optimizer(model.model, settings), None) if settings.head_learning_rate else (None, None)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator,
-                                  callbacks=[clock])
+                                  callbacks=[clock], optimizers=optimizers)
     if last:
         logger.info("resuming from %s (%.0f s of training before it)", last, clock.before)
     result = trainer.train(resume_from_checkpoint=last)
@@ -157,6 +160,25 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
         best_checkpoint=trainer.state.best_model_checkpoint, dev_ndcg10=best["ndcg@10"] if best else None,
     )
     return model, report
+
+
+HEAD_PARAMETERS = ("classifier.", "cross.", "scale")  # the score head of the pair models (pipeline.pair_model)
+
+
+def _optimizer(network, settings: TrainSettings):
+    """AdamW with the score head at ``head_learning_rate`` and the rest at ``learning_rate`` (no decay on
+    biases, norms and the scale, as the trainer's default optimizer does)."""
+    import torch
+
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in network.named_parameters():
+        if parameter.requires_grad:
+            head = name.startswith(HEAD_PARAMETERS)
+            decay = parameter.ndim > 1
+            groups.setdefault((head, decay), []).append(parameter)
+    return torch.optim.AdamW(
+        [{"params": params, "lr": settings.head_learning_rate if head else settings.learning_rate,
+          "weight_decay": settings.weight_decay if decay else 0.0} for (head, decay), params in groups.items()])
 
 
 def _dataset_and_loss(groups, num_negatives, loss_name, model, bce_cls, dataset_cls):
