@@ -90,6 +90,14 @@ ROWS = """return [...document.querySelectorAll("#documents tbody tr")]
   .map((tr) => [tr.dataset.doc, [...tr.cells].map((td) => td.textContent)]);"""
 
 
+def _options(browser) -> list[str]:
+    return browser.execute_script('return [...document.getElementById("collection").options].map((o) => o.value)')
+
+
+def _chosen(browser) -> str:
+    return browser.execute_script('return document.getElementById("collection").value')
+
+
 def _rows(browser) -> dict[str, list[str]]:
     """The documents table, read in one script (the page re-renders it while a job is followed)."""
     return dict(browser.execute_script(ROWS))
@@ -117,17 +125,14 @@ def test_create_drop_follow_ask_and_delete_in_the_page(server, browser):
     browser.get(proc.base + "/")
     _wait(browser, lambda d: "API key" in d.find_element(By.ID, "error").text, "no 401 shown")
     _use_key(browser, "web-master")  # kept for this tab: the next test's page loads have it too
-    _wait(browser, lambda d: [o.get_attribute("value") for o in Select(d.find_element(By.ID, "collection")).options]
-          == ["tiny"], "collections not loaded")
+    _wait(browser, lambda d: _options(d) == ["tiny"], "collections not loaded")
     browser.find_element(By.CSS_SELECTOR, "#kb summary").click()
     assert "tiny: 5 documents" in browser.find_element(By.ID, "kb-summary").text
-    assert set(_rows(browser)) == set(TINY_DOCS)
+    _wait(browser, lambda d: set(_rows(d)) == set(TINY_DOCS), "the default collection's documents not listed")
 
     box = browser.find_element(By.ID, "new-collection")
     box.send_keys("docs", Keys.ENTER)
-    _wait(browser, lambda d: Select(d.find_element(By.ID, "collection")).first_selected_option.get_attribute("value")
-          == "docs", "collection not created")
-    assert _rows(browser) == {}
+    _wait(browser, lambda d: _chosen(d) == "docs" and _rows(d) == {}, "collection not created")
 
     # several files at once through the file picker; the progress bar follows upload and job to the end
     browser.execute_script(WATCH_PROGRESS)
@@ -173,8 +178,7 @@ def test_create_drop_follow_ask_and_delete_in_the_page(server, browser):
 def test_a_rejected_upload_shows_the_servers_reason(server, browser):
     proc, files = server
     browser.get(proc.base + "/?collection=docs")
-    _wait(browser, lambda d: Select(d.find_element(By.ID, "collection")).first_selected_option.get_attribute("value")
-          == "docs", "collection not restored from the URL")
+    _wait(browser, lambda d: _chosen(d) == "docs", "collection not restored from the URL")
     browser.execute_script(DROP, "tool.exe", "MZ not a document")
     _wait(browser, lambda d: d.find_element(By.ID, "upload-status").get_attribute("data-state") == "failed",
           "no failure shown")
@@ -183,11 +187,10 @@ def test_a_rejected_upload_shows_the_servers_reason(server, browser):
 
     # a key that may only read this collection: it asks, but an upload is refused with the reason
     _use_key(browser, "docs-reader")
-    _wait(browser, lambda d: [o.get_attribute("value") for o in Select(d.find_element(By.ID, "collection")).options]
-          == ["docs"], "the reader's collections not loaded")
+    _wait(browser, lambda d: _options(d) == ["docs"], "the reader's collections not loaded")
     browser.execute_script(DROP, "more.md", "# More\nanother note about the widget\n")
     _wait(browser, lambda d: d.find_element(By.ID, "upload-status").get_attribute("data-state") == "failed",
           "no failure shown")
     assert "may not change collection 'docs'" in browser.find_element(By.ID, "error").text
-    assert set(_rows(browser)) == {"widget.pdf", "notes.md"}
+    _wait(browser, lambda d: set(_rows(d)) == {"widget.pdf", "notes.md"}, "the documents not listed")
     assert Path(files / "widget.pdf").exists()

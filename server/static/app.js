@@ -676,9 +676,12 @@
   }
 
   /** The chosen collection's summary and documents; uploads only where the server manages the collection. */
+  let showSeq = 0;
+
   async function showCollection() {
     const col = collectionByName(collectionSelect.value);
     if (!col) return;
+    const seq = ++showSeq;
     kbSummary.textContent = `${col.name}: ${col.documents} document${col.documents === 1 ? "" : "s"}, ` +
       `${col.chunks} chunks` + (col.managed ? "" : " (built by rag-build; create a collection to upload)");
     dropZone.classList.toggle("disabled", !col.managed);
@@ -687,8 +690,9 @@
     try {
       docs = (await fetchJson(`v1/collections/${encodeURIComponent(col.name)}/documents`)).documents || [];
     } catch (err) {
-      showError(err, col.name);
+      if (seq === showSeq) showError(err, col.name);
     }
+    if (seq !== showSeq) return; // a newer call shows the collection now chosen
     documentsBody.replaceChildren(...docs.map((d) => {
       const remove = el("button", { type: "button", class: "link", title: `delete ${d.id}` }, "delete");
       remove.dataset.doc = d.id;
