@@ -254,6 +254,9 @@ def test_upload_follow_ask_replace_and_delete_while_queries_run(kb):
             assert job["state"] == "done"
             assert [(f["name"], f["state"]) for f in job["files"]] == [("notes.md", "indexed")]
             last_version = job["version"]
+            deadline = time.monotonic() + 30  # a question asked after the last job answers from its version
+            while last_version not in {v for c, v in asker.seen if c == "kb"} and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
             asker.stop()
     with server.client() as http:
