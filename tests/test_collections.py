@@ -335,6 +335,13 @@ def test_hostile_inputs_get_json_4xx_and_leave_nothing(kb):
     assert not (kb["tmp"] / "escape.md").exists() and "Traceback" not in server.output()
 
 
+def _until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 def _index_documents(index: Path) -> dict[str, int]:
     store = ChunkStore(current_version(index) / CHUNKS)
     try:
@@ -421,11 +428,12 @@ def test_two_writers_on_one_collection_and_sigkill_mid_job_loses_nothing(kb):
                     asker = Asker(a2.base, [{"query": QUERY, "collection": "kb", "top_k": 5}])
                     asker.start()
                     wait_job(h2, job, until=("waiting for another build of this index",))
-                    time.sleep(0.5)
+                    _until(lambda: len(asker.versions) >= 2)  # answered while the job waits
             finally:
                 lock.release()
             with a2.client() as h2:
                 resumed = [wait_job(h2, j) for j in (job, queued, third)]
+                _until(lambda: asker.versions[-1] == current_version(index).name)
                 asker.stop()
                 assert [(j["state"], j["resumed"]) for j in resumed] == [("done", 1)] * 3
                 docs = {d["id"]: d for d in h2.get("/v1/collections/kb/documents").json()["documents"]}
