@@ -314,6 +314,9 @@ def test_hostile_inputs_get_json_4xx_and_leave_nothing(kb):
         assert _status(http.delete("/v1/collections/kb/documents/../../tiny.yaml")) == (404, "not_found")
         assert _status(http.get("/v1/jobs/..%2F..%2Ftiny")) == (404, "not_found")
         assert _status(http.delete("/v1/collections/tiny")) == (409, "read_only_collection")
+        chat = {"messages": [{"role": "user", "content": "widget?"}]}
+        assert _status(http.post("/v1/chat/completions", json={**chat, "collection": "nope"})) == (404, "not_found")
+        assert _status(http.post("/v1/chat/completions", json={**chat, "collection": "kb"})) == (400, "unsupported")
         body = 12 * 2**20
         too_big = http.post("/v1/collections/kb/documents", content=b"x" * body, headers={
             "content-type": "multipart/form-data; boundary=xx"})
