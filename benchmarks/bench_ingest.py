@@ -20,7 +20,6 @@ import argparse
 import gzip
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_serve import start_server
 from common import ROOT, SHARED_DATA, header
 
 
@@ -54,31 +54,6 @@ def questions(count: int) -> list[str]:
             if len(out) == count:
                 break
     return out
-
-
-def start_server(config: str, index: Path, data_dir: Path, docs: int, log: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--config", config, "--index", str(index),
-               "--port", str(port), "--set", f"server.data_dir={data_dir}", "--set", "server.cache_size=0",
-               "--set", f"server.max_upload_files={docs}"]
-    proc = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not become ready in 300 s")
 
 
 def percentiles(latencies: list[float]) -> str:
@@ -117,7 +92,8 @@ def main() -> None:
         build_s = sum(manifest["build_seconds"].values())
         chunks = manifest["counts"]["chunks"]
 
-        proc, url = start_server(args.config, tmp / "index", tmp / "data", args.docs, tmp / "server.log")
+        proc, url = start_server(args.config, tmp / "index", [f"server.data_dir={tmp / 'data'}", "server.cache_size=0",
+                                                             f"server.max_upload_files={args.docs}"])
         asked = questions(args.queries)
         with httpx.Client(base_url=url, timeout=300) as http:
             http.post("/v1/ask", json={"query": "warm up"})

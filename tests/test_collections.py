@@ -43,6 +43,13 @@ KEYS = {"RAG_API_KEY": "master-key", "KB_READ": "kb-reader", "KB_WRITE": "kb-wri
 QUERY = "how do I install the widget on linux"
 
 
+def write_docs(root: Path, docs: dict[str, str]) -> Path:
+    for rel, text in docs.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -136,10 +143,7 @@ class Asker(threading.Thread):
 def kb(tmp_path_factory, tiny_embedder_dir, tiny_reranker_dir):
     """The default index (tiny corpus), the files to upload, and server A over them."""
     tmp = tmp_path_factory.mktemp("kb")
-    corpus = tmp / "corpus"
-    for rel, text in TINY_DOCS.items():
-        (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
-        (corpus / rel).write_text(text, encoding="utf-8")
+    corpus = write_docs(tmp / "corpus", TINY_DOCS)
     config = write_config(
         tmp / "tiny.yaml", str(tiny_embedder_dir), tmp / "index", str(tiny_reranker_dir),
         server={"data_dir": str(tmp / "data"), "max_upload_mb": 0.25, "max_upload_files": 4, "max_jobs": 3,

@@ -26,7 +26,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from indexer.build import build_index
 from pipeline.config import load_config
 from tests.conftest import TINY_DOCS, write_config
-from tests.test_collections import Server
+from tests.test_collections import Server, write_docs
 from tests.test_formats import ARTICLE, make_pdf
 
 WAIT_S = 60
@@ -50,10 +50,7 @@ new MutationObserver(() => window.progressSeen.push(Number(document.getElementBy
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_embedder_dir, tiny_reranker_dir):
     tmp = tmp_path_factory.mktemp("web-kb")
-    corpus = tmp / "corpus"
-    for rel, text in TINY_DOCS.items():
-        (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
-        (corpus / rel).write_text(text, encoding="utf-8")
+    corpus = write_docs(tmp / "corpus", TINY_DOCS)
     config = write_config(tmp / "tiny.yaml", str(tiny_embedder_dir), tmp / "index", str(tiny_reranker_dir),
                           server={"data_dir": str(tmp / "data"),
                                   "api_keys": [{"key_env": "DOCS_READ", "role": "read", "collections": ["docs"]}]})
