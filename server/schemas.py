@@ -107,6 +107,8 @@ class CohereRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr | None = None
+    collection: StrictStr | None = Field(
+        None, description="rerank with that collection's config (when model names no config); needs read on it")
     query: StrictStr
     documents: list[StrictStr | TextDocument]
     top_n: StrictInt | None = Field(None, gt=0)
@@ -123,6 +125,7 @@ class TeiRerankRequest(BaseModel):
 
     query: StrictStr
     texts: list[StrictStr]
+    collection: StrictStr | None = Field(None, description="rerank with that collection's config; needs read on it")
     return_text: StrictBool = False
     raw_scores: StrictBool = Field(False, description="the model's raw logit instead of the 0..1 score")
     truncate: StrictBool | None = Field(

@@ -335,6 +335,14 @@ def test_hostile_inputs_get_json_4xx_and_leave_nothing(kb):
         assert anon.post("/v1/ask", headers=READ, json={"query": "widget", "collection": "kb"}).status_code == 200
         assert _status(anon.post("/v1/ask", headers=READ, json={"query": "widget"})) == (403, "forbidden")
         assert _status(anon.post("/v1/collections", headers=WRITE, json={"name": "other"})) == (403, "forbidden")
+        # reranking with a collection's config: read on that collection
+        rerank = {"query": "widget", "documents": ["install the widget", "bake bread"], "collection": "kb"}
+        answer = anon.post("/v1/rerank", headers=READ, json=rerank).json()
+        assert answer["meta"] | {"config": "tiny", "collection": "kb"} == answer["meta"]
+        assert _status(anon.post("/v1/rerank", headers=READ, json={**rerank, "collection": "tiny"})) == (
+            403, "forbidden")
+        assert _status(anon.post("/rerank", headers=READ, json={"query": "w", "texts": ["a"], "collection": "nope"})
+                       ) == (403, "forbidden")
         assert [c["name"] for c in anon.get("/v1/collections", headers=READ).json()["collections"]] == ["kb"]
         assert anon.get("/v1/collections/kb/documents", headers=READ).status_code == 200
         assert _status(anon.delete("/v1/collections/kb/documents/notes.md", headers=READ)) == (403, "forbidden")

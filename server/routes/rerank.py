@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from pipeline.types import ScoreOptions
 from server.schemas import CohereRerankRequest, TeiRerankRequest
@@ -22,11 +22,21 @@ def reported(score: float, raw: bool = False) -> float:
     return float(score) if np.isfinite(score) else (UNSCORED_LOGIT if raw else 0.0)
 
 
-def cohere_rerank(app: Service, body: CohereRerankRequest, api_version: str, response: Response) -> dict[str, Any]:
+def model_of(app: Service, request: Request, model: str | None, collection: str | None) -> str | None:
+    """The served config a rerank call uses: ``model`` when it names one, else the collection's (read needed)."""
+    if collection is None:
+        return model
+    app.require(request, collection, "read")
+    return model if model in app.pipelines.served else app.knowledge.get(collection).config
+
+
+def cohere_rerank(app: Service, body: CohereRerankRequest, api_version: str, request: Request,
+                  response: Response) -> dict[str, Any]:
     """Documents longer than the model's window are scored by windows, up to ``max_tokens_per_doc`` tokens each."""
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
     options = ScoreOptions(long="windows", max_tokens=body.max_tokens_per_doc or app.settings.max_tokens_per_doc)
-    name, scores, order, seconds = app.rerank(body.model, body.query, texts, options)
+    model = model_of(app, request, body.model, body.collection)
+    name, scores, order, seconds = app.rerank(model, body.query, texts, options)
     response.headers["Server-Timing"] = server_timing({"rerank": seconds})
     results = []
     for i in order[: body.top_n or len(texts)]:
@@ -37,30 +47,32 @@ def cohere_rerank(app: Service, body: CohereRerankRequest, api_version: str, res
     return {
         "id": str(uuid.uuid4()),
         "results": results,
-        "meta": {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}, "config": name},
+        "meta": {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}, "config": name,
+                 **({"collection": body.collection} if body.collection is not None else {})},
     }
 
 
 @router.post("/v1/rerank")
-def rerank_v1(body: CohereRerankRequest, app: App, response: Response) -> dict[str, Any]:
+def rerank_v1(body: CohereRerankRequest, app: App, request: Request, response: Response) -> dict[str, Any]:
     """Cohere's rerank: documents sorted by relevance (calibrated, 0..1); ``top_n`` kept."""
-    return cohere_rerank(app, body, "1", response)
+    return cohere_rerank(app, body, "1", request, response)
 
 
 @router.post("/v2/rerank")
-def rerank_v2(body: CohereRerankRequest, app: App, response: Response) -> dict[str, Any]:
+def rerank_v2(body: CohereRerankRequest, app: App, request: Request, response: Response) -> dict[str, Any]:
     """Cohere's v2 rerank (what ``cohere.ClientV2().rerank`` posts to); same answer as ``/v1/rerank``."""
-    return cohere_rerank(app, body, "2", response)
+    return cohere_rerank(app, body, "2", request, response)
 
 
 @router.post("/rerank")
-def rerank_tei(body: TeiRerankRequest, app: App, response: Response) -> list[dict[str, Any]]:
+def rerank_tei(body: TeiRerankRequest, app: App, request: Request, response: Response) -> list[dict[str, Any]]:
     """Text Embeddings Inference's rerank: ``[{index, score, text?}]`` sorted by score (0..1, or the raw logit
     with ``raw_scores``). ``truncate`` true cuts a long text from ``truncation_direction``, false refuses it
     (413), omitted scores it by overlapping windows of the model's length, keeping the best."""
     long = "windows" if body.truncate is None else ("truncate" if body.truncate else "error")
     options = ScoreOptions(raw=body.raw_scores, long=long, side=body.truncation_direction.lower())
-    _, scores, order, seconds = app.rerank(None, body.query, body.texts, options)
+    _, scores, order, seconds = app.rerank(model_of(app, request, None, body.collection), body.query, body.texts,
+                                           options)
     response.headers["Server-Timing"] = server_timing({"rerank": seconds})
     out = []
     for i in order:
