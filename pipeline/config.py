@@ -145,7 +145,7 @@ class ServerParams(StageParams):
     data_dir: str | None = None
     max_upload_mb: float = Field(32.0, gt=0.0)
     max_upload_files: PositiveInt = 20
-    max_jobs: PositiveInt = 4
+    max_jobs: PositiveInt = 8
     api_keys: tuple[ApiKeyParams, ...] = ()  # per-collection keys, each read from an environment variable
 
     path_keys: ClassVar[tuple[str, ...]] = ("data_dir",)
