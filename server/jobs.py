@@ -90,8 +90,12 @@ class Job:
         if self.path is None:
             return
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:  # its collection deleted meanwhile, or a full disk: the job goes on in memory
+            logger.warning("cannot save job %s (%s)", self.id, exc.strerror or exc)
+            tmp.unlink(missing_ok=True)
 
     def fail_file(self, name: str, reason: str) -> None:
         self.failures.append({"file": name, "reason": reason})
