@@ -209,14 +209,14 @@ class CorpusWatcher:
 
     def stop(self) -> None:
         """Stop watching and wake any :meth:`next_batch` waiting (it returns None)."""
-        with self._cond:
+        with self._cond:  # taken under the lock: two threads may stop the watcher at once
             self._closed = True
             self._cond.notify_all()
-        if self._observer is not None:
-            self._observer.stop()
-            if self._observer.is_alive():
-                self._observer.join(timeout=5)
-            self._observer = None
+            observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            if observer.is_alive() and observer is not threading.current_thread():
+                observer.join(timeout=5)
 
     def __enter__(self) -> CorpusWatcher:
         return self.start()
