@@ -192,6 +192,10 @@ class CorpusWatcher:
         self.mode = {"InotifyObserver": "inotify", "PollingObserver": "polling", "FSEventsObserver": "fsevents",
                      "KqueueObserver": "kqueue", "WindowsApiObserver": "windows"}.get(name, name)
         logger.info("watching %s (%s)", self.root, self.mode)
+        with self._cond:
+            closed = self._closed
+        if closed:  # stopped while starting: let the observer go too
+            self.stop()
         return self
 
     def _start_observer(self, cls, handler, **options):
