@@ -295,6 +295,9 @@ def test_calibration_file_is_applied_and_raw_logit_kept(model_copy):
     fitted = fit_platt(x, y)
     assert abs(fitted.a - 0.5) < 0.1 and abs(fitted.b + 1) < 0.2
     assert expected_calibration_error(fitted.apply(x), y) < expected_calibration_error(1 / (1 + np.exp(-x)), y)
+    # logits far from 0 (a similarity head's scale x cosine, ~90) fit to the same probabilities
+    shifted = fit_platt(x + 90.0, y)
+    np.testing.assert_allclose(shifted.apply(x + 90.0), fitted.apply(x), atol=1e-6)
 
 
 def test_unknown_backend_and_skip_on_runtime_are_config_errors(model_copy):

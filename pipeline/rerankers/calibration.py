@@ -60,9 +60,13 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, *, l2: float = 1e-3, itera
     """Platt scaling: the ``a, b`` that minimise the log loss of ``sigmoid(a * logit + b)`` (Newton's method).
 
     ``labels`` are 0/1. Platt's target smoothing (``(n+ + 1) / (n+ + 2)``) keeps a separable dev
-    set from pushing ``a`` to infinity.
+    set from pushing ``a`` to infinity. The fit runs on standardized logits (mean 0, deviation 1)
+    and is mapped back, so logits far from 0 (a similarity head's ~90, say) fit as well as small ones.
     """
-    x = np.asarray(logits, dtype=np.float64)
+    raw = np.asarray(logits, dtype=np.float64)
+    center = float(raw.mean()) if raw.size else 0.0
+    spread = float(raw.std()) if raw.size and raw.std() > 0 else 1.0
+    x = (raw - center) / spread
     y = np.asarray(labels, dtype=np.float64)
     if x.size == 0 or x.shape != y.shape:
         raise ValueError(f"need as many labels as logits, got {y.shape} and {x.shape}")
@@ -90,7 +94,7 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, *, l2: float = 1e-3, itera
         previous, current = current, loss(a, b)
         if previous - current < 1e-10 * max(1.0, abs(previous)):
             break
-    return Calibration(float(a), float(b))
+    return Calibration(float(a / spread), float(b - a * center / spread))
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
