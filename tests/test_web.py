@@ -147,17 +147,20 @@ def server(tmp_path_factory):
 # ---- the browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def chromium(profile, *flags: str):
+    """Headless Debian Chromium through its chromedriver, with a fresh ``profile`` folder; quit when done."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,1000", *flags):
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.add_argument("--window-size=1280,1000")
-    options.add_argument("--lang=en-US")
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"), "--lang=en-US")
     try:
         yield driver
     finally:

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_web import _MISSING, CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
+from tests.test_web import _MISSING, chromium
 
 if _MISSING:
     pytest.skip(f"browser test skipped: {_MISSING}", allow_module_level=True)
 pytest.importorskip("python_multipart", reason="needs python-multipart (the 'serve' extra)")
 
-from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -69,14 +67,7 @@ def server(tmp_path_factory, tiny_embedder_dir, tiny_reranker_dir):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-kb')}")
-    options.add_argument("--window-size=1280,1000")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    driver = chromium(tmp_path_factory.mktemp("chromium-kb"))
     try:
         yield driver
     finally:
