@@ -72,7 +72,7 @@ def test_shipped_config_finds_its_model_from_any_working_directory(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     config = load_config(ROOT / "configs" / "offline.yaml")
     resolved = resolve_model(config.reranker.params.model, "reranker.model")
-    assert resolved.location == str(ROOT / "models" / "minilm-reranker")
+    assert resolved.location == str(ROOT / "models" / "e5-reranker")
     assert config.index.params.path == str(ROOT / "indexes" / "offline")
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         resolve_model("./configs", "reranker.model")  # on the command line: the working directory
