@@ -553,6 +553,41 @@ def test_a_long_document_with_the_answer_at_its_end_ranks_first(setup, tiny_embe
         assert best > first + 0.05, (best, first)
 
 
+E5_RERANKER = ROOT / "models" / "e5-reranker"
+SEED_CASES = [  # (query, the answer, a related passage that does not answer, plainly unrelated ones)
+    ("Artificial Intelligence applications in healthcare",
+     "AI is transforming medical diagnosis and treatment planning.",
+     "The history of artificial intelligence began with symbolic reasoning programs in the 1950s.",
+     ["The stock market closed higher today.", "I like to play football on weekends."]),
+    ("What is the capital of France?", "Paris is the capital and largest city of France.",
+     "Berlin is the capital of Germany.", ["The weather is nice today.", "Bananas are rich in potassium."]),
+    ("什么是人工智能？", "人工智能是计算机科学的一个分支，致力于让机器模拟人类的智能。",
+     "深度学习需要大量的数据和计算资源。", ["今天天气很好，适合出去散步。", "这家餐厅的饺子很好吃。"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not E5_RERANKER.is_dir(), reason="models/e5-reranker is not here")
+def test_the_offline_reranker_scores_can_be_thresholded_through_rerank(setup, tiny_embedder_dir):
+    """The shipped offline reranker through /v1/rerank, as Cohere-style clients call it: in English and
+    Chinese the answer comes first and scores >= 0.5 (calibrated), plainly unrelated text below the
+    related passage, and in English at most 0.3 (Chinese unrelated text scores up to ~0.32)."""
+    path = write_config(setup["tmp"] / "e5.yaml", str(tiny_embedder_dir), setup["index"], str(E5_RERANKER),
+                        reranker={"max_length": 160, "backend": "torch", "quantize": "int8"})
+    with TestClient(create_app({"e5": load_config(path)})) as test_client:
+        _wait_ready(test_client)
+        for query, answer, related, unrelated in SEED_CASES:
+            documents = [*unrelated, related, answer]
+            body = test_client.post("/v1/rerank", json={"query": query, "documents": documents}).json()
+            order = [r["index"] for r in body["results"]]
+            score = {r["index"]: r["relevance_score"] for r in body["results"]}
+            assert order[0] == len(documents) - 1, (query, body)
+            assert score[len(documents) - 1] >= 0.5, (query, score)
+            assert all(score[i] < score[len(unrelated)] for i in range(len(unrelated))), (query, score)
+            if query.isascii():
+                assert all(score[i] <= 0.3 for i in range(len(unrelated))), (query, score)
+
+
 def test_one_table_maps_the_project_errors_to_statuses():
     from pipeline.errors import ConfigError, GeneratorError, InputError, PassageTooLongError, RagError, StageError
     from server.errors import status_of
