@@ -144,10 +144,12 @@ class PipelineSet:
         live = read_current(served.index_path)
         if live is None or live == pipe.version or live == served.failed_version:
             return served, pipe
-        if not self._lock.acquire(blocking=False):
-            return served, pipe  # another request is swapping; answer from the version in use meanwhile
+        # Wait (bounded) while another request swaps the new version in: a client that saw its job
+        # done must not be answered from the version before it. Past the bound, the version in use.
+        if not self._lock.acquire(timeout=SWAP_WAIT_S):
+            return served, pipe
         try:
-            if served.pipeline.version != live:
+            if served.pipeline.version != live and live != served.failed_version:
                 self._swap(served, live)
         finally:
             self._lock.release()
@@ -228,6 +230,9 @@ class PipelineSet:
     def close(self) -> None:
         for batcher in self._batchers.values():
             batcher.close()
+
+
+SWAP_WAIT_S = 30.0  # the longest a request waits for a swap in progress (loading one index version)
 
 
 def read_current(index_path: Path) -> str | None:
