@@ -149,7 +149,8 @@ class PipelineSet:
         if not self._lock.acquire(timeout=SWAP_WAIT_S):
             return served, pipe
         try:
-            if served.pipeline.version != live and live != served.failed_version:
+            live = read_current(served.index_path)  # it may have moved on while this request waited
+            if live is not None and live != served.pipeline.version and live != served.failed_version:
                 self._swap(served, live)
         finally:
             self._lock.release()

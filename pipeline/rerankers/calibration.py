@@ -64,8 +64,8 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, *, l2: float = 1e-3, itera
     and is mapped back, so logits far from 0 (a similarity head's ~90, say) fit as well as small ones.
     """
     raw = np.asarray(logits, dtype=np.float64)
-    center = float(raw.mean()) if raw.size else 0.0
-    spread = float(raw.std()) if raw.size and raw.std() > 0 else 1.0
+    center, spread = (float(raw.mean()), float(raw.std())) if raw.size else (0.0, 0.0)
+    spread = spread if spread > 0 else 1.0
     x = (raw - center) / spread
     y = np.asarray(labels, dtype=np.float64)
     if x.size == 0 or x.shape != y.shape:
