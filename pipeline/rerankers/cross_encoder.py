@@ -90,7 +90,8 @@ class CrossEncoderReranker(Scorer):
         backend: Literal["auto", "torch", "openvino", "onnx"] = "torch"
         quantize: Literal["none", "int8"] = "none"
         # regexes over module names (re.search) left in fp32 under int8, e.g. the feed-forward output
-        # projections, "encoder\.layer\.\d+\.output\.dense$" in BERT and XLM-R (closer scores, slower)
+        # projections, "encoder\.layer\.\d+\.output\.dense$" in BERT and XLM-R (closer scores, slower);
+        # torch only: where backend auto chooses OpenVINO (which quantizes by NNCF) it is not used
         quantize_skip: list[Annotated[str, AfterValidator(_check_regex)]] = []
         # a passage longer than the model's window: "truncate" scores its first tokens, "windows" scores
         # overlapping windows of the model's length and keeps the best (slower on long passages)
@@ -189,8 +190,10 @@ class CrossEncoderReranker(Scorer):
                         self.backend_reason)
         if backend == "torch":
             return backend
-        if self.params.quantize_skip:
+        if self.params.quantize_skip and self.params.backend != "auto":
             raise ConfigError(f"reranker.quantize_skip applies to backend torch only, not {backend!r}; remove it")
+        if self.params.quantize_skip:  # auto chose a runtime that quantizes its own way (OpenVINO: NNCF)
+            logger.info("reranker.quantize_skip applies to torch only; backend auto chose %s here", backend)
         device = resolve_device(self.params.device, "reranker.device")
         if device != "cpu":
             logger.info("reranker.backend %s is a CPU runtime; on %s the torch model is used (fp16: %s)",
