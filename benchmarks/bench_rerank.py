@@ -1,8 +1,7 @@
 """The project's reranker against plain ``CrossEncoder.predict``, on real 50-candidate lists.
 
-Baselines: sentence-transformers' ``CrossEncoder.predict`` (which, since v3, already
-sorts pairs by length and runs under inference_mode) and the plain loop many RAG
-codebases write (batches in input order, padded to their longest pair, no_grad).
+Baseline: sentence-transformers' ``CrossEncoder.predict`` (which, since v3, already
+sorts pairs by length and runs under inference_mode), on raw logits.
 
 Backends: the stage's torch path (exact fp32, the reference, and torch's dynamic int8) and its
 CPU runtimes (``reranker.backend: openvino | onnx``, fp32 and int8), each as the stage runs it.
@@ -71,20 +70,6 @@ def candidate_lists(n_queries: int) -> list[tuple[str, list[str]]]:
         query = collection.queries[qid]
         out.append((query, [hit.text for hit in pipe.ask(query, top_k=50).retrieved]))
     return out
-
-
-def unsorted_loop(model, query: str, passages: list[str], batch_size: int) -> np.ndarray:
-    """The loop many RAG codebases write: batches in input order, each padded to its longest pair."""
-    import torch
-
-    out = []
-    for start in range(0, len(passages), batch_size):
-        chunk = passages[start : start + batch_size]
-        batch = model.tokenizer([query] * len(chunk), chunk,
-                                padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt")
-        with torch.no_grad():
-            out.append(torch.sigmoid(model.model(**batch).logits.view(-1)).numpy())
-    return np.concatenate(out)
 
 
 def main() -> int:
