@@ -112,20 +112,37 @@ def register():
             positions = torch.arange(width, device=input_ids.device).unsqueeze(0)
             query_length = query.to(torch.int64).sum(1, keepdim=True)
             position_ids = torch.where(second, positions - query_length, positions)
-            split = self.config.split_layers
+            apart = (second.unsqueeze(2) == second.unsqueeze(1)) & valid.unsqueeze(1)
+            hidden, alone = self.read_apart(input_ids, position_ids, apart)
+            similarity = _cosine(_mean(alone, query), _mean(alone, second))
+            return self.score_together(hidden, valid, query, second, similarity)
+
+        def read_apart(self, input_ids, position_ids, apart):
+            """The states after the lower ``split_layers`` layers and after all of them, reading within
+            ``apart`` (a ``[batch, width, width]`` mask of the tokens each token may attend to).
+
+            A half read on its own (positions from 0) gives the same states as in a pair, which is
+            what lets training cache them once per text (:mod:`training.cached`).
+            """
             frozen = not any(p.requires_grad for p in self.bert.parameters())
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
                 hidden = self.bert.embeddings(input_ids=input_ids, position_ids=position_ids,
                                               token_type_ids=torch.zeros_like(input_ids))
                 low = torch.finfo(hidden.dtype).min
-                apart = (second.unsqueeze(2) == second.unsqueeze(1)) & valid.unsqueeze(1)
                 apart_mask = torch.where(apart, 0.0, low).to(hidden.dtype).unsqueeze(1)
+                split = self.config.split_layers
                 for layer in self.bert.encoder.layer[:split]:
                     hidden = _run(layer, hidden, apart_mask)
                 alone = hidden
                 for layer in self.bert.encoder.layer[split:]:
                     alone = _run(layer, alone, apart_mask)
-                similarity = _cosine(_mean(alone, query), _mean(alone, second))
+            return hidden, alone
+
+        def score_together(self, hidden, valid, query, second, similarity):
+            """The logit: ``scale x similarity`` plus what the joint layers, reading ``hidden`` (the
+            lower layers' states of both halves) together, add through the head."""
+            low = torch.finfo(hidden.dtype).min
+            width = hidden.shape[1]
             together_mask = torch.where(valid.unsqueeze(1), 0.0, low).to(hidden.dtype).unsqueeze(1)
             together_mask = together_mask.expand(-1, -1, width, -1)
             for layer in self.joint:

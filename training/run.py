@@ -122,7 +122,12 @@ def run_training(job: TrainJob) -> TrainOutcome:
                 seed=job.settings.seed,
             ))
         logger.info("training groups: %d; dev queries: %d", len(data.train), len(data.dev))
-        model, report = train_reranker(data.train, data.dev, settings)
+        if settings.cache_apart:
+            from training.cached import train_reranker_cached
+
+            model, report = train_reranker_cached(data.train, data.dev, settings)
+        else:
+            model, report = train_reranker(data.train, data.dev, settings)
         sources = data.sources
         outcome = TrainOutcome(report, groups=len(data.train), dev_queries=len(data.dev))
     outcome.size_bytes = save_compact(model, out, settings.base)

