@@ -271,6 +271,11 @@ def test_training_over_cached_halves_is_the_models_own_scoring_and_resumes(tmp_p
     assert report.first_losses[0] == first.first_losses[0], "the resumed run kept the first run's losses"
     assert float(model.model.cross.weight.detach().abs().max()) > 5e-3, "the head learned"
     assert len(list((tmp_path / "work").glob("checkpoint-*.pt"))) == 2
+    best = max((e for e in report.dev_history if e["step"] > 0), key=lambda e: (e["ndcg@10"], e["step"]))
+    assert report.best_checkpoint == f"step {best['step']}" and report.dev_ndcg10 == best["ndcg@10"]
+    kept = torch.load(tmp_path / "work" / "best.pt", weights_only=False)
+    assert kept["step"] == best["step"], "the returned weights are the best checkpoint's"
+    assert torch.equal(kept["weights"]["cross.weight"], model.model.cross.weight.detach())
     network = model.model.eval()
     pairs = [(g["query"], p) for g in GROUPS for p in [g["positive"], *g["negatives"]]]
     cache = StateCache(tmp_path / "work" / "apart", network, model.tokenizer)

@@ -121,13 +121,13 @@ def train_reranker_cached(groups: Sequence[TrainingGroup], dev: Sequence[DevQuer
                 logger.info("step %d: dev nDCG@10 %.4f", state["step"], state["dev"][-1]["ndcg@10"])
             _save(work_dir, network, optimizer, schedule, state)
     network.eval()
-    best = max(state["dev"], key=lambda e: (e["ndcg@10"], e["step"])) if state["dev"] else None
+    trained = [e for e in state["dev"] if e["step"] > 0]  # as the trainer's load_best_model_at_end: checkpoints only
+    best = max(trained, key=lambda e: (e["ndcg@10"], e["step"])) if trained else None
+    if best and state["dev"][0]["step"] == 0 and state["dev"][0]["ndcg@10"] > best["ndcg@10"]:
+        logger.warning("no checkpoint beat the base on dev (%.4f); the best checkpoint is step %d (%.4f)",
+                       state["dev"][0]["ndcg@10"], best["step"], best["ndcg@10"])
     if best and best["step"] != state["step"]:
-        if best["step"] == 0:  # the base itself: no trained weights are better
-            logger.warning("no checkpoint beat the base on dev; keeping the last one")
-            best = state["dev"][-1]
-        else:
-            network.load_state_dict(torch.load(work_dir / BEST, weights_only=False)["weights"], strict=False)
+        network.load_state_dict(torch.load(work_dir / BEST, weights_only=False)["weights"], strict=False)
     pairs_trained = state["step"] * settings.batch_size * (1 + negatives)
     losses = state["losses"]
     report = TrainReport(
@@ -262,7 +262,8 @@ def _save(work_dir: Path, network, optimizer, schedule, state) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
-    if state["dev"] and max(state["dev"], key=lambda e: (e["ndcg@10"], e["step"]))["step"] == state["step"]:
+    trained = [e for e in state["dev"] if e["step"] > 0]
+    if trained and max(trained, key=lambda e: (e["ndcg@10"], e["step"]))["step"] == state["step"]:
         torch.save({"weights": payload["weights"], "step": state["step"]}, work_dir / BEST)
     for old in sorted(work_dir.glob("checkpoint-*.pt"), key=_step)[:-2]:
         old.unlink()
