@@ -11,7 +11,8 @@ fewer layer passes a step than running the whole model, and the cache is made on
 
 Each text is read as the pair template lays it out, ``<s> query: Q </s>`` (at most
 ``query_tokens``) and ``<s> passage: P </s>`` (at most ``max_length - query_tokens``), so a cached
-pair is never longer than the model reads it in use.
+pair is never longer than the model reads it in use (where the query is shorter, the model in use
+reads a little more of the passage than training did).
 
 Resumable: the cache is written in shards, and a checkpoint (trainable weights, optimizer,
 schedule, losses, dev history, seconds spent) every ``save_steps``; a run started again with the
