@@ -126,6 +126,8 @@ def main() -> int:
                         help="per dev query, fit on its judged passages and the first stage's top K unjudged "
                              "ones (hard negatives), so answering pairs are common enough to calibrate "
                              "(0: all top-50 pairs, the first stage's base rate)")
+    parser.add_argument("--title", action="store_true",
+                        help="read each chunk with its document's title in front (reranker.title)")
     parser.add_argument("--mix", default="minmax", help="how the reranker's score enters the mix (mix_scores mode)")
     parser.add_argument("--depth", type=int, default=None,
                         help="score only the first stage's best N (reranker.depth); the rest keep their places")
@@ -139,7 +141,7 @@ def main() -> int:
         load_calibration,
     )
     from pipeline.rerankers.cross_encoder import CrossEncoderReranker
-    from pipeline.scoring import RankSettings, rank_hits
+    from pipeline.scoring import RankSettings, passage_with_title, rank_hits
 
     out = Path(args.out)
     if args.depth is not None and args.depth < 1:
@@ -150,8 +152,10 @@ def main() -> int:
         quantize_skip=args.quantize_skip))
     calibration = IDENTITY if args.no_calibration else load_calibration(args.model)
     skip = f" skip {args.quantize_skip}" if args.quantize_skip else ""
-    print(f"reranker {args.model} backend {args.backend} quantize {args.quantize}{skip} max_length {args.max_length}; "
-          f"calibration a={calibration.a:.4f} b={calibration.b:.4f}\n")
+    titled = " titled" if args.title else ""
+    print(f"reranker {args.model} backend {args.backend} quantize {args.quantize}{skip} "
+          f"max_length {args.max_length}{titled}; calibration a={calibration.a:.4f} b={calibration.b:.4f}\n")
+    read = passage_with_title if args.title else (lambda hit: hit.text)
     variant = args.quantize + ("-skip" + hashlib.sha256("|".join(args.quantize_skip).encode()).hexdigest()[:8]
                                if args.quantize_skip else "")
     table: dict[tuple[str, str, str], dict[float, float]] = {}
@@ -168,7 +172,7 @@ def main() -> int:
                 for qid, hits in lists.items():
                     query = collection.queries[qid]
                     hits = hits[: args.depth]
-                    missing = list(dict.fromkeys(h.text for h in hits if f"{query}\t{h.text}" not in store))
+                    missing = list(dict.fromkeys(read(h) for h in hits if f"{query}\t{read(h)}" not in store))
                     if missing:
                         for text, logit in zip(missing, stage.logits(query, missing)):
                             store[f"{query}\t{text}"] = float(logit)
@@ -177,7 +181,7 @@ def main() -> int:
                 for qid, hits in lists.items():
                     query = collection.queries[qid]
                     head = hits[: args.depth]
-                    logits = np.array([store[f"{query}\t{h.text}"] for h in head], dtype=np.float32)
+                    logits = np.array([store[f"{query}\t{read(h)}"] for h in head], dtype=np.float32)
                     if first.endswith("dense"):
                         judged = collection.qrels[qid]
                         pairs = calibration_pairs(logits, [int(judged.get(h.doc_id, 0) > 0) for h in head],

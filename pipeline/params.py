@@ -38,3 +38,6 @@ class RerankerParams(StageParams):
     # score only the first stage's best `depth` candidates (None: all of them); the others keep their
     # places after them. A slower, better model as a second pass on the best few (docs/reranker.md)
     depth: PositiveInt | None = None
+    # read a chunk with its document's title and heading path in front where it does not begin with them
+    # (pipeline.scoring.passage_with_title): a chunk from the middle of a page says what it is about
+    title: bool = False

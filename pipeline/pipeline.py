@@ -17,7 +17,7 @@ from pipeline.context import assemble_context
 from pipeline.errors import ConfigError, IndexMismatchError, InputError, RagError, StageError
 from pipeline.filters import Filter
 from pipeline.protocols import Embedder, Generator, Retriever, Scorer
-from pipeline.scoring import RankSettings, explain_candidates, rank_hits
+from pipeline.scoring import RankSettings, explain_candidates, rank_hits, reranker_texts
 from pipeline.store import IndexBundle, load_index
 from pipeline.types import Answer, Explanation, Hit, PipelineResult, ScoreOptions
 
@@ -220,7 +220,7 @@ class Pipeline:
             keep = len(retrieved) if context.max_chunks_per_doc is not None else top_n
             # the config's settings rank, whatever scorer (the stage, a server's queue, a cache) scores
             settings = RankSettings.from_params(self.config.reranker.params, max(keep, 1), weight)
-            texts = [hit.text for hit in retrieved][: self.config.reranker.params.depth]
+            texts = reranker_texts(retrieved, self.config.reranker.params)
             scores = _beyond_depth(self._run("reranker", lambda: self.reranker.score(query, texts)), len(retrieved))
             reranked = rank_hits(retrieved, scores, settings)
             reranked = assemble_context(reranked, top_n, context.max_chunks_per_doc, context.merge_neighbours)
@@ -247,7 +247,7 @@ class Pipeline:
         """The explanation of ``result`` (see :meth:`ask`); the raw scores are the scorer's for the same pairs."""
         raw = None
         if scores is not None:
-            texts = [hit.text for hit in result.retrieved][: self.config.reranker.params.depth]
+            texts = reranker_texts(result.retrieved, self.config.reranker.params)
             options = ScoreOptions(raw=True)
             raw = self._run("reranker", lambda: self.reranker.score_many([(result.query, texts)], options)[0])
             raw = _beyond_depth(raw, len(result.retrieved))

@@ -94,6 +94,36 @@ class RankSettings:
         return cls(params.top_n if top_n is None else top_n, params.weight if weight is None else weight, params.mix)
 
 
+def passage_with_title(hit: Hit) -> str:
+    """``hit.text`` with its document's title and heading path in front, those it does not already begin with.
+
+    A chunk from the middle of a document often never names its subject ("...which brings diffuse bone
+    pain" under "Symptoms and Causes of Vitamin D Deficiency"); a reranker reading it alone cannot tell
+    it from the same symptoms of another deficiency. Parts are joined with " > " and set on a line
+    before the text; a part the text's start already holds (a first chunk, a whole document) is left out.
+
+    Example:
+        >>> hit = Hit("c", "d", "which brings bone pain", "", 1, 0.5, 1, 0.5, 1, title="Vitamin D Deficiency")
+        >>> passage_with_title(hit)
+        'Vitamin D Deficiency\\nwhich brings bone pain'
+        >>> passage_with_title(replace(hit, text="Vitamin D Deficiency often develops slowly"))
+        'Vitamin D Deficiency often develops slowly'
+    """
+    start = " ".join(hit.text[:400].split()).casefold()
+    parts: list[str] = []
+    for part in (hit.title, *hit.headings):
+        part = " ".join(part.split())
+        if part and part.casefold() not in start and part not in parts:
+            parts.append(part)
+    return f"{' > '.join(parts)}\n{hit.text}" if parts else hit.text
+
+
+def reranker_texts(hits: Sequence[Hit], params: Any) -> list[str]:
+    """What a reranker reads of ``hits``: the first ``params.depth`` (all when None), titled when ``params.title``."""
+    head = list(hits)[: params.depth]
+    return [passage_with_title(hit) for hit in head] if params.title else [hit.text for hit in head]
+
+
 def rank_hits(hits: Sequence[Hit], scores: Sequence[float], settings: RankSettings) -> list[Hit]:
     """New hits ordered by reranker ``scores`` mixed with the first stage's, the first ``settings.top_n`` kept.
 

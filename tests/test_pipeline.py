@@ -62,3 +62,23 @@ def test_control_characters_and_very_long_queries(built):
 def test_top_n_above_top_k_is_rejected(built):
     with pytest.raises(InputError, match=r"top_n \(20\) is larger than top_k \(10\)"):
         Pipeline.from_yaml(built).ask("x", top_n=20)
+
+
+@pytest.mark.parametrize("titled", [False, True])
+def test_reranker_reads_chunks_with_their_title_when_asked(built, titled):
+    """``reranker.title``: a chunk that does not begin with its document's title is read with it in front."""
+    pipe = Pipeline.from_yaml(built, [f"reranker.title={str(titled).lower()}"]).load(generator=False)
+    seen: list[list[str]] = []
+    score = pipe.reranker.score
+    pipe.reranker.score = lambda query, passages: seen.append(list(passages)) or score(query, passages)
+    result = pipe.ask("vitamin D and bone pain")
+    (texts,) = seen
+    assert len(texts) == len(result.retrieved)
+    later = 0
+    for hit, text in zip(result.retrieved, texts):
+        if titled and hit.title and not hit.text.casefold().startswith(hit.title.casefold()):
+            later += 1
+            assert text.startswith(hit.title) and text.endswith("\n" + hit.text)
+        else:  # no title (a .txt file), a first chunk that begins with it, or the option off
+            assert text == hit.text
+    assert not titled or later > 0, "the tiny corpus has titled chunks after the first"
