@@ -95,7 +95,7 @@ class RankSettings:
 
 
 def passage_with_title(hit: Hit) -> str:
-    """``hit.text`` with its document's title and heading path in front, those it does not already begin with.
+    """``hit.text`` with its document's title and heading path in front, the parts its start does not hold.
 
     A chunk from the middle of a document often never names its subject ("...which brings diffuse bone
     pain" under "Symptoms and Causes of Vitamin D Deficiency"); a reranker reading it alone cannot tell
