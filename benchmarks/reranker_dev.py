@@ -171,8 +171,8 @@ def main() -> int:
                 lists = candidates(collection, first, Path(args.cache))
                 for qid, hits in lists.items():
                     query = collection.queries[qid]
-                    hits = hits[: args.depth]
-                    missing = list(dict.fromkeys(read(h) for h in hits if f"{query}\t{read(h)}" not in store))
+                    texts = [read(h) for h in hits[: args.depth]]
+                    missing = list(dict.fromkeys(t for t in texts if f"{query}\t{t}" not in store))
                     if missing:
                         for text, logit in zip(missing, stage.logits(query, missing)):
                             store[f"{query}\t{text}"] = float(logit)

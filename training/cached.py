@@ -125,8 +125,7 @@ def train_reranker_cached(groups: Sequence[TrainingGroup], dev: Sequence[DevQuer
                 logger.info("step %d: dev nDCG@10 %.4f", state["step"], state["dev"][-1]["ndcg@10"])
             _save(work_dir, network, optimizer, schedule, state)
     network.eval()
-    trained = [e for e in state["dev"] if e["step"] > 0]  # as the trainer's load_best_model_at_end: checkpoints only
-    best = max(trained, key=lambda e: (e["ndcg@10"], e["step"])) if trained else None
+    best = _best_checkpoint(state["dev"])
     if best and state["dev"][0]["step"] == 0 and state["dev"][0]["ndcg@10"] > best["ndcg@10"]:
         logger.warning("no checkpoint beat the base on dev (%.4f); the best checkpoint is step %d (%.4f)",
                        state["dev"][0]["ndcg@10"], best["step"], best["ndcg@10"])
@@ -265,6 +264,13 @@ def _trainable(network) -> dict:
     return {name: p.detach().clone() for name, p in network.named_parameters() if p.requires_grad}
 
 
+def _best_checkpoint(dev: list[dict]) -> dict | None:
+    """The dev entry of the best trained checkpoint (the latest on a tie), never the base's step 0, as the
+    trainer's ``load_best_model_at_end`` picks among checkpoints only; None before the first one."""
+    trained = [e for e in dev if e["step"] > 0]
+    return max(trained, key=lambda e: (e["ndcg@10"], e["step"])) if trained else None
+
+
 def _save(work_dir: Path, network, optimizer, schedule, state) -> None:
     import torch
 
@@ -274,8 +280,8 @@ def _save(work_dir: Path, network, optimizer, schedule, state) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
-    trained = [e for e in state["dev"] if e["step"] > 0]
-    if trained and max(trained, key=lambda e: (e["ndcg@10"], e["step"]))["step"] == state["step"]:
+    best = _best_checkpoint(state["dev"])
+    if best and best["step"] == state["step"]:
         torch.save({"weights": payload["weights"], "step": state["step"]}, work_dir / BEST)
     for old in sorted(work_dir.glob("checkpoint-*.pt"), key=_step)[:-2]:
         old.unlink()
