@@ -9,9 +9,6 @@ code path as the real models, with no network.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -171,48 +168,3 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-
-# ranx compiles its metrics with numba on first use (about 1.5 min on a slow 2-core machine) and caches
-# the result beside its sources. Left alone, each xdist worker compiles the same functions when it first
-# evaluates. Instead the controller starts one compile in the background as the run begins, under a
-# lock, and a test that needs ranx waits for that lock (`ranx_compiled`), then loads the cache.
-_RANX_LOCK = Path(tempfile.gettempdir()) / "rerank-rag-ranx-compile.lock"
-
-
-def compile_ranx() -> None:
-    """Evaluate and compare two tiny runs with the project's metrics, so that numba compiles and caches them."""
-    from filelock import FileLock
-
-    try:
-        from evaluation.metrics import FINAL_METRICS, compare_rankings, evaluate_rankings
-    except ImportError:  # the eval extra is not installed: the tests that need it skip
-        return
-    qrels = {"q1": {"d1": 1, "d2": 2}, "q2": {"d3": 1}}
-    rankings = {"a": {"q1": ["d2", "d4", "d1"], "q2": ["d5", "d3"]}, "b": {"q1": ["d1"], "q2": ["d3", "d1"]}}
-    with FileLock(str(_RANX_LOCK)):
-        evaluate_rankings(qrels, rankings["a"], [*FINAL_METRICS, "recall", "precision@5", "recall@50"])
-        compare_rankings(qrels, rankings, list(FINAL_METRICS))
-
-
-def pytest_configure(config) -> None:
-    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
-        return  # an xdist worker, or a run in one process: the first test that needs ranx compiles it
-    config._ranx_compile = subprocess.Popen(
-        [sys.executable, "-c", "from tests.conftest import compile_ranx; compile_ranx()"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-
-def pytest_unconfigure(config) -> None:
-    proc = getattr(config, "_ranx_compile", None)
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="session")
-def ranx_compiled() -> None:
-    """ranx's metrics compiled: by the background compile when it runs (waiting for it), else here."""
-    compile_ranx()

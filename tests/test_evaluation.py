@@ -16,8 +16,6 @@ from evaluation.runner import ScoreCache, latency_summary, parse_config_specs
 from pipeline import ConfigError, CorpusError
 from pipeline.types import Hit
 
-pytestmark = pytest.mark.usefixtures("ranx_compiled")  # one numba compile of ranx for the run (tests/conftest.py)
-
 LOG2_3 = 1.584962500721156  # log2(3)
 
 

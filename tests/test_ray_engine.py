@@ -19,8 +19,6 @@ from pipeline.store import CHUNKS, EMBEDDINGS, ChunkStore, current_version
 from tests.conftest import write_config
 from tests.test_cli import build_script, run_script
 
-pytestmark = pytest.mark.usefixtures("ranx_compiled")  # one numba compile of ranx for the run (tests/conftest.py)
-
 
 def _version_contents(index_path):
     version = current_version(index_path)

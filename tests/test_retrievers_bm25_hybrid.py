@@ -14,8 +14,6 @@ from pipeline.retrievers.bm25 import LexicalParams, Tokenizer
 from pipeline.retrievers.hybrid import reciprocal_rank_fusion
 from pipeline.types import Hit
 
-pytestmark = pytest.mark.usefixtures("ranx_compiled")  # one numba compile of ranx for the run (tests/conftest.py)
-
 
 def hit(chunk_id: str, doc_id: str | None = None) -> Hit:
     return Hit(chunk_id, doc_id or chunk_id.split("#")[0], f"text of {chunk_id}", "src", 0, 0.5, 1, 0.5, 1)

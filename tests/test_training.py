@@ -37,7 +37,7 @@ QUERIES = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "ranx_compiled")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()
