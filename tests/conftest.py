@@ -18,6 +18,15 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# ranx computes its metrics in numba-compiled functions. Compiling them is a fixed cost of about 1.5 min
+# per fresh install on a slow 2-core machine, more than the tests' small evaluations take as plain
+# Python (tests/test_evaluation.py and test_retrievers_bm25_hybrid.py on two workers: about 2 min from
+# a cold cache, 35 s interpreted; the same values, which test_evaluation.py checks against hand-computed
+# ones). So the tests, and the scripts they start, run ranx interpreted; NUMBA_DISABLE_JIT=0 make test
+# runs it compiled, as users do.
+os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
+
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 TINY_TEXTS = [
