@@ -27,6 +27,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from common import ROOT, SHARED_DATA, header
@@ -141,7 +142,7 @@ def main() -> int:
         load_calibration,
     )
     from pipeline.rerankers.cross_encoder import CrossEncoderReranker
-    from pipeline.scoring import RankSettings, passage_with_title, rank_hits
+    from pipeline.scoring import RankSettings, rank_hits, reranker_texts
 
     out = Path(args.out)
     if args.depth is not None and args.depth < 1:
@@ -155,7 +156,7 @@ def main() -> int:
     titled = " titled" if args.title else ""
     print(f"reranker {args.model} backend {args.backend} quantize {args.quantize}{skip} "
           f"max_length {args.max_length}{titled}; calibration a={calibration.a:.4f} b={calibration.b:.4f}\n")
-    read = passage_with_title if args.title else (lambda hit: hit.text)
+    reading = SimpleNamespace(depth=args.depth, title=args.title)  # what reranker_texts reads of RerankerParams
     variant = args.quantize + ("-skip" + hashlib.sha256("|".join(args.quantize_skip).encode()).hexdigest()[:8]
                                if args.quantize_skip else "")
     table: dict[tuple[str, str, str], dict[float, float]] = {}
@@ -169,10 +170,10 @@ def main() -> int:
                 continue
             for first in args.first_stages.split(","):
                 lists = candidates(collection, first, Path(args.cache))
-                for qid, hits in lists.items():
+                texts = {qid: reranker_texts(hits, reading) for qid, hits in lists.items()}  # as the pipeline does
+                for qid in lists:
                     query = collection.queries[qid]
-                    texts = [read(h) for h in hits[: args.depth]]
-                    missing = list(dict.fromkeys(t for t in texts if f"{query}\t{t}" not in store))
+                    missing = list(dict.fromkeys(t for t in texts[qid] if f"{query}\t{t}" not in store))
                     if missing:
                         for text, logit in zip(missing, stage.logits(query, missing)):
                             store[f"{query}\t{text}"] = float(logit)
@@ -181,7 +182,7 @@ def main() -> int:
                 for qid, hits in lists.items():
                     query = collection.queries[qid]
                     head = hits[: args.depth]
-                    logits = np.array([store[f"{query}\t{read(h)}"] for h in head], dtype=np.float32)
+                    logits = np.array([store[f"{query}\t{t}"] for t in texts[qid]], dtype=np.float32)
                     if first.endswith("dense"):
                         judged = collection.qrels[qid]
                         pairs = calibration_pairs(logits, [int(judged.get(h.doc_id, 0) > 0) for h in head],
