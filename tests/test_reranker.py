@@ -358,3 +358,40 @@ def test_all_caps_text_is_read_in_lower_case(tiny_reranker_dir):
     stage = CrossEncoderReranker(CrossEncoderReranker.Params(model=str(tiny_reranker_dir), device="cpu"))
     caps = stage._tokenize("SYMPTOMS OF VITAMIN D DEFICIENCY", ["VITAMIN D DEFICIENCY CAUSES BONE PAIN."])
     assert caps == stage._tokenize("symptoms of vitamin d deficiency", ["vitamin d deficiency causes bone pain."])
+
+
+def _export_in_child(model_dir: str, started, count_file: str) -> None:
+    """One process's load of a fresh ONNX export (run in a child: the file lock is per process)."""
+    from pipeline.rerankers import backends
+
+    real = backends._export
+
+    def counting(*args, **kwargs):
+        with open(count_file, "a") as handle:
+            handle.write("export\n")
+        real(*args, **kwargs)
+
+    backends._export = counting
+    started.wait()
+    _stage(Path(model_dir), backend="onnx").load()
+
+
+def test_two_processes_exporting_at_once_export_once(model_copy, tmp_path):
+    """Two workers (or a server and build_index.py) on a fresh model: one exports, the other waits and reuses."""
+    import multiprocessing
+
+    pytest.importorskip("onnxruntime")
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    count = tmp_path / "exports.txt"
+    children = [context.Process(target=_export_in_child, args=(str(model_copy), started, str(count)))
+                for _ in range(2)]
+    for child in children:
+        child.start()
+    started.set()
+    for child in children:
+        child.join(timeout=300)
+    assert [child.exitcode for child in children] == [0, 0]
+    assert count.read_text().splitlines() == ["export"]  # the second found the first's export after the lock
+    folders = [p for p in (model_copy / ".export").iterdir() if p.is_dir()]
+    assert len(folders) == 1 and (folders[0] / "export.json").is_file()

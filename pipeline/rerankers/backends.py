@@ -13,7 +13,9 @@ The export is written once into ``<model folder>/.export/<name>-<digest>/`` wher
 the model's weights and config, the backend, ``quantize``, the calibration pairs and the versions
 of torch, transformers and the runtime: any change gives a new folder (the old one is left, and can
 be deleted). A read-only model folder falls back to ``$XDG_CACHE_HOME/rag-pipeline/rerankers`` (or
-``~/.cache/...``). Loading an export needs no network and no torch model.
+``~/.cache/...``). Loading an export needs no network and no torch model. Processes that need the same
+missing export at once make it once: a file lock (``.<name>-<digest>.lock`` beside it) makes the
+others wait and reuse it.
 """
 
 from __future__ import annotations
@@ -144,14 +146,33 @@ def load_runtime(model_dir: Path, backend: str, quantize: str, threads: int,
     Returns the runtime and the export folder.
     """
     require(backend, quantize)
-    folder = export_dir(model_dir, backend, quantize)
-    if not (folder / "export.json").is_file():
-        _export(folder, model_dir, backend, quantize, load_torch_model, tokenizer)
-    else:
-        logger.debug("reranker: reusing the %s export in %s", backend, folder)
+    folder = ensure_export(model_dir, backend, quantize, load_torch_model, tokenizer)
     if backend == "openvino":
         return _openvino_runtime(folder, threads), folder
     return _onnx_runtime(folder, threads), folder
+
+
+def ensure_export(model_dir: Path, backend: str, quantize: str, load_torch_model: Callable[[], object],
+                  tokenizer) -> Path:
+    """The export folder for these settings, made first when missing: one process makes it, others wait.
+
+    Two processes starting at once on a fresh model (two test workers, a server and ``build_index.py``)
+    would otherwise both spend the export's minutes; the file lock makes the second wait for the first
+    and then reuse its export.
+    """
+    from filelock import FileLock
+
+    folder = export_dir(model_dir, backend, quantize)
+    if (folder / "export.json").is_file():
+        logger.debug("reranker: reusing the %s export in %s", backend, folder)
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        if (folder / "export.json").is_file():  # made by another process while this one waited
+            logger.info("reranker: reusing the %s export another process just made in %s", backend, folder)
+        else:
+            _export(folder, model_dir, backend, quantize, load_torch_model, tokenizer)
+    return folder
 
 
 def _export(folder: Path, model_dir: Path, backend: str, quantize: str, load_torch_model, tokenizer) -> None:
