@@ -19,7 +19,7 @@ VOLATILE = {"id", "index_version", "created", "timings_ms"}  # differ from run t
 TOLERANCE = 0.01
 # Scored exactly (fp32), as the page says: the offline config's int8 scoring depends on the CPU (backend: auto:
 # OpenVINO with VNNI/AMX, torch elsewhere, and torch's own int8 kernels differ between AVX2 and VNNI), which
-# moves a score by up to a few hundredths; exact scores are the same on every CPU.
+# moves a score by up to a few hundredths; exact (fp32) scoring runs no int8 kernels, so it does not move with them.
 PAGE_SETTINGS = ["reranker.quantize=none", "reranker.backend=torch"]
 
 
