@@ -111,6 +111,22 @@ def load_cross_encoder(reference: str, role: str, device: str, max_length: int |
     return model.to(device) if device != "cpu" else model
 
 
+def load_tokenizer(folder: str, role: str):
+    """The tokenizer of a cross-encoder folder (for the CPU runtimes, which need no torch model).
+
+    ``AutoTokenizer`` reads the folder's config.json first; the project's own model type
+    (``bert-pair-similarity``) is registered before, or transformers falls back to the base config
+    and warns on every load that the model may be incompatible.
+    """
+    from transformers import AutoTokenizer
+
+    from pipeline.pair_model import register
+
+    register()
+    # through the loader that turns a damaged folder (config.json) into a model error (exit 3)
+    return _load(AutoTokenizer.from_pretrained, folder, role)
+
+
 def _load(model_class, reference: str, role: str, **kwargs):
     """``model_class(folder or hub id, ...)`` with every way a model fails to load turned into one message."""
     from pickle import UnpicklingError

@@ -248,6 +248,32 @@ def test_auto_backend_follows_the_cpu():
     assert "avx512_vnni" in vnni[1]
 
 
+def test_auto_backend_is_chosen_and_logged_once(monkeypatch, caplog):
+    from pipeline.rerankers import backends
+    from pipeline.rerankers.cross_encoder import CrossEncoderReranker
+
+    calls = []
+    monkeypatch.setattr(backends, "auto_backend", lambda *a: calls.append(a) or ("torch", "a test's reason"))
+    stage = CrossEncoderReranker(CrossEncoderReranker.Params(model="models/e5-reranker", backend="auto"))
+    with caplog.at_level("INFO", logger="pipeline.rerankers.cross_encoder"):
+        assert stage.choose_backend() == "torch" and stage.choose_backend() == "torch"
+    assert len(calls) == 1 and sum("backend auto" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_fresh_process_reads_the_shipped_models_tokenizer_without_a_model_type_warning():
+    """The CPU runtimes load only the tokenizer; transformers must know the project's model type first."""
+    import subprocess
+    import sys
+
+    code = ("from pipeline.models import load_tokenizer; "
+            "t = load_tokenizer('models/e5-reranker', 'reranker.model'); print(len(t('vitamin D')['input_ids']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "TRANSFORMERS_VERBOSITY": "warning"})
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) > 2
+    assert "to instantiate a model of type" not in done.stderr, done.stderr
+
+
 def test_training_over_cached_halves_is_the_models_own_scoring_and_resumes(tmp_path, split_base):
     """--cache-apart: the cached halves score every pair as the whole model does; a run stopped after a
     checkpoint goes on from it; the saved model scores as trained."""

@@ -48,7 +48,7 @@ from pipeline.batching import run_length_sorted
 from pipeline.device import check_device_name, resolve_device
 from pipeline.errors import ConfigError, PassageTooLongError
 from pipeline.languages import LanguageGuard, card_languages, scripts_of
-from pipeline.models import _load, load_cross_encoder, resolve_model
+from pipeline.models import load_cross_encoder, load_tokenizer, resolve_model
 from pipeline.params import RerankerParams
 from pipeline.protocols import Scorer
 from pipeline.rerankers import backends
@@ -115,6 +115,7 @@ class CrossEncoderReranker(Scorer):
         self._calibration: Calibration | None = None
         self.backend_used: str | None = None  # what scores after load: torch, openvino or onnx
         self.backend_reason: str | None = None  # why, when backend: auto chose it
+        self._backend_choice: str | None = None  # the choice, made (and logged) once
         self.export_path = None  # the cached export a runtime was loaded from
 
     @cached_property
@@ -161,11 +162,9 @@ class CrossEncoderReranker(Scorer):
             from pathlib import Path
 
             import torch
-            from transformers import AutoTokenizer
 
             folder = Path(resolved.location)
-            # through the loader that turns a damaged folder (config.json) into a model error (exit 3)
-            self._tokenizer = _load(AutoTokenizer.from_pretrained, str(folder), "reranker.model")
+            self._tokenizer = load_tokenizer(str(folder), "reranker.model")
             threads = self.params.threads or torch.get_num_threads()
             self._runtime, self.export_path = backends.load_runtime(
                 folder, backend, self.params.quantize, threads, self._fp32_network, self._tokenizer)
@@ -181,7 +180,12 @@ class CrossEncoderReranker(Scorer):
         return self.backend_used or self._choose_backend()
 
     def _choose_backend(self) -> str:
-        """The backend to use here: the configured one, or torch on CUDA or when its package is missing."""
+        """The backend to use here, chosen once: the configured one, or torch on CUDA or without its package."""
+        if self._backend_choice is None:
+            self._backend_choice = self._make_backend_choice()
+        return self._backend_choice
+
+    def _make_backend_choice(self) -> str:
         backend = self.params.backend
         if backend == "auto":
             device = resolve_device(self.params.device, "reranker.device")
