@@ -45,10 +45,18 @@ def main() -> int:
     parser.add_argument("--config", default=str(ROOT / "configs" / "offline.yaml"))
     parser.add_argument("--top-n", type=int, default=10)
     args = parser.parse_args()
-    questions = [json.loads(line) for line in args.questions.read_text(encoding="utf-8").splitlines() if line.strip()]
-    bad = [q for q in questions if not q.get("query") or not q.get("sources")]
-    if bad:
-        raise SystemExit(f"{args.questions}: every line needs a query and a list of sources; not {bad[0]}")
+    if not args.questions.is_file():
+        raise SystemExit(f"--questions {args.questions}: no such file")
+    try:
+        questions = [json.loads(line) for line in args.questions.read_text(encoding="utf-8").splitlines()
+                     if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--questions {args.questions}: not JSON lines ({exc})") from None
+    bad = [q for q in questions if not isinstance(q, dict) or not q.get("query")
+           or not isinstance(q.get("sources"), list) or not q["sources"]]
+    if bad or not questions:
+        raise SystemExit(f"{args.questions}: every line needs a query and a list of sources; "
+                         f"not {bad[0] if bad else 'an empty file'}")
     from pipeline import Pipeline
 
     header("Own documents: the answering file's place, first stage alone vs reranked")
